@@ -1,0 +1,24 @@
+"""lightning-dv: data valuation as a by-product of PyTorch Lightning training."""
+
+from lightning_dv.data import IndexedDataset
+from lightning_dv.metrics import (
+    DetectionAUROC,
+    DetectionF1,
+    detection_auroc,
+    discovery_curve,
+    kmeans_f1,
+    two_means_split,
+)
+from lightning_dv.values import DataValues
+
+__all__ = [
+    "DataValues",
+    "DetectionAUROC",
+    "DetectionF1",
+    "IndexedDataset",
+    "detection_auroc",
+    "discovery_curve",
+    "kmeans_f1",
+    "two_means_split",
+]
+__version__ = "0.1.0"
