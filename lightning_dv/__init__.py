@@ -1,5 +1,6 @@
 """lightning-dv: data valuation as a by-product of PyTorch Lightning training."""
 
+from lightning_dv.callbacks import DataValuation
 from lightning_dv.data import IndexedDataset
 from lightning_dv.metrics import (
     DetectionAUROC,
@@ -9,9 +10,16 @@ from lightning_dv.metrics import (
     kmeans_f1,
     two_means_split,
 )
+from lightning_dv.mixin import DataValuationMixin
+from lightning_dv.objectives import LossVal, ValuationObjective, ValuationStep
 from lightning_dv.values import DataValues
 
 __all__ = [
+    "DataValuation",
+    "DataValuationMixin",
+    "LossVal",
+    "ValuationObjective",
+    "ValuationStep",
     "DataValues",
     "DetectionAUROC",
     "DetectionF1",

@@ -37,7 +37,9 @@ class IndexedDataset(Dataset):
         if ids is not None:
             ids = np.asarray(ids)
             if ids.shape[0] != n:
-                raise ValueError(f"`ids` has {ids.shape[0]} entries but the dataset has {n} rows; give one id per row.")
+                raise ValueError(
+                    f"`ids` has {ids.shape[0]} entries but the dataset has {n} rows; give one id per row."
+                )
         self.ids = ids
 
     def __len__(self) -> int:

@@ -155,9 +155,14 @@ def make_split(
         n_train, n_valid = int(n_train * scale), max(int(n_valid * scale), 2)
         n_test = n - n_train - n_valid
     perm = rng.permutation(n)
-    tr, va, te = perm[:n_train], perm[n_train : n_train + n_valid], perm[n_train + n_valid : n_train + n_valid + n_test]
+    tr, va, te = (
+        perm[:n_train],
+        perm[n_train : n_train + n_valid],
+        perm[n_train + n_valid : n_train + n_valid + n_test],
+    )
     x = np.asarray(x, dtype=np.float32)
-    mu, sd = x[tr].mean(0), x[tr].std(0) + 1e-8
+    mu, sd = x[tr].mean(0), x[tr].std(0)
+    sd = np.where(sd < 1e-6, 1.0, sd)  # constant columns (e.g. digits' border pixels) stay finite
     x = (x - mu) / sd
     regression = np.issubdtype(np.asarray(y).dtype, np.floating)
     num_classes = 0 if regression else int(np.max(y)) + 1
@@ -168,7 +173,9 @@ def make_split(
     feat_frac = noise if noise_kind == "feature" else (noise / 2 if noise_kind == "mixed" else 0.0)
     if label_frac > 0:
         if regression:
-            raise ValueError("label noise on a regression dataset is not defined here; use noise_kind='feature'.")
+            raise ValueError(
+                "label noise on a regression dataset is not defined here; use noise_kind='feature'."
+            )
         y_tr, noisy = inject_label_noise(y_tr, label_frac, num_classes, rng)
         y_va, _ = inject_label_noise(y_va, label_frac, num_classes, rng)
     if feat_frac > 0:

@@ -38,7 +38,9 @@ def noisy_mask(noisy, num_rows: int) -> Tensor:
         return t.reshape(-1).cpu()
     idx = t.reshape(-1).long()
     if idx.numel() and (idx.min() < 0 or idx.max() >= num_rows):
-        raise ValueError(f"noisy-row indices must lie in [0, {num_rows}); got min {idx.min()}, max {idx.max()}.")
+        raise ValueError(
+            f"noisy-row indices must lie in [0, {num_rows}); got min {idx.min()}, max {idx.max()}."
+        )
     mask = torch.zeros(num_rows, dtype=torch.bool)
     mask[idx] = True
     return mask
@@ -104,7 +106,9 @@ def detection_auroc(values, noisy) -> float:
     return float(binary_auroc(-v, truth.long()))
 
 
-def discovery_curve(values, noisy, fractions: Sequence[float] = tuple(np.arange(0.05, 1.0001, 0.05))) -> np.ndarray:
+def discovery_curve(
+    values, noisy, fractions: Sequence[float] = tuple(np.arange(0.05, 1.0001, 0.05))
+) -> np.ndarray:
     """Share of the noisy rows found when inspecting the lowest ``f`` fraction of values.
 
     Returns:

@@ -71,7 +71,9 @@ def log_values(
         if not histogram:
             continue
         if isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_histogram(f"{prefix}/histogram", values.detach().float().cpu(), global_step=step)
+            logger.experiment.add_histogram(
+                f"{prefix}/histogram", values.detach().float().cpu(), global_step=step
+            )
             logger.experiment.flush()
         elif id(logger) not in _warned_loggers:
             _warned_loggers.add(id(logger))

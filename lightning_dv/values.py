@@ -132,7 +132,9 @@ class DataValues:
     def trajectory_long(self):
         """The trajectory in LONG format: a DataFrame with columns ``row``, (``id``), ``epoch``, ``value``."""
         if self.trajectory is None:
-            raise ValueError("these values carry no trajectory; it is recorded by the DataValuation callback.")
+            raise ValueError(
+                "these values carry no trajectory; it is recorded by the DataValuation callback."
+            )
         pd = _import_pandas()
         e, n = self.trajectory.shape
         data: dict[str, Any] = {"row": np.tile(self.index, e)}

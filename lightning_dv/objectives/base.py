@@ -66,7 +66,9 @@ class ValuationObjective(ABC):
     def loss(self, state: nn.Module, step: ValuationStep) -> Tensor:
         """The scalar training loss that replaces the user's reduced loss."""
 
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: nn.Module) -> None:
+    def on_train_epoch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: nn.Module
+    ) -> None:
         """Synchronise per-rank per-row statistics (default: nothing)."""
 
     @abstractmethod

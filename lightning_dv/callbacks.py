@@ -1,0 +1,382 @@
+"""`DataValuation`: the callback that learns data values while the user's model trains."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+from typing_extensions import override
+
+from lightning_dv.data import IndexedDataset
+from lightning_dv.export import check_export_path
+from lightning_dv.objectives.base import ValuationObjective, ValuationStep
+from lightning_dv.reporting import as_noisy_mask, export_values, log_values
+from lightning_dv.values import DataValues
+
+#: Attribute under which the objective's learnable state is registered on the LightningModule.
+STATE_ATTR = "dv_state"
+
+
+class DataValuation(Callback):
+    """Learn a value for every training row during ``Trainer.fit``.
+
+    The callback attaches the objective's learnable state (the per-row weights) to the
+    LightningModule in ``setup`` (so it is moved to the device, checkpointed and all-reduced by
+    DDP), owns its optimizer (removed from the user's optimizers so their schedulers and clipping
+    are untouched), logs a histogram and summary scalars every epoch, records the per-epoch
+    trajectory, and exports the final values from rank zero.
+
+    Args:
+        objective: The valuation objective, e.g. ``LossVal(validation=(x_val, y_val))``.
+        export_path: Where to write the values after fit (.csv, .parquet or .npz); written
+            atomically from rank zero. ``None``: keep them in memory only (``.values``).
+        num_samples: Number of training rows. Default: ``len(train_dataloader.dataset)``.
+        known_noisy: Rows known to be corrupted (indices or a boolean mask), for benchmarks and
+            demos: enables per-epoch detection F1 and AUROC in the logs.
+        log_every_n_epochs: Log the histogram and scalars every this many epochs.
+        record_trajectory: Keep the values of every epoch (``values.trajectory``, exported as
+            ``value_epoch_<e>`` columns).
+        check_inputs: Validate every step's indices and losses (shapes, range, NaN/inf). One
+            host sync per step; switch off for the last bit of speed once a pipeline is trusted.
+        prefix: Tag prefix in the logs.
+
+    Example:
+        >>> import torch
+        >>> from lightning_dv import LossVal
+        >>> valuation = DataValuation(LossVal(validation=torch.randn(100, 8)), export_path="values.csv")
+        >>> valuation.objective.name
+        'lossval'
+    """
+
+    def __init__(
+        self,
+        objective: ValuationObjective,
+        export_path: str | os.PathLike | None = None,
+        num_samples: int | None = None,
+        known_noisy: Sequence[int] | np.ndarray | Tensor | None = None,
+        log_every_n_epochs: int = 1,
+        record_trajectory: bool = True,
+        check_inputs: bool = True,
+        prefix: str = "data_values",
+    ) -> None:
+        if not isinstance(objective, ValuationObjective):
+            raise TypeError(
+                f"`objective` must be a ValuationObjective such as LossVal(...) or NDDV(...); "
+                f"got {type(objective).__name__}."
+            )
+        if export_path is not None:
+            from lightning_dv.export import SUPPORTED_SUFFIXES
+
+            if os.path.splitext(str(export_path))[1].lower() not in SUPPORTED_SUFFIXES:
+                raise ValueError(
+                    f"`export_path={str(export_path)!r}` must end in one of {', '.join(SUPPORTED_SUFFIXES)}."
+                )
+        if num_samples is not None and num_samples < 1:
+            raise ValueError(f"`num_samples` must be >= 1; got {num_samples}.")
+        if log_every_n_epochs < 1:
+            raise ValueError(f"`log_every_n_epochs` must be >= 1; got {log_every_n_epochs}.")
+        self.objective = objective
+        self.export_path = export_path
+        self.num_samples = num_samples
+        self.known_noisy = known_noisy
+        self.log_every_n_epochs = log_every_n_epochs
+        self.record_trajectory = record_trajectory
+        self.check_inputs = check_inputs
+        self.prefix = f"{prefix}/{objective.name}"
+        self.ids: np.ndarray | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.optimizer_steps = 0
+        self._trajectory: list[Tensor] = []
+        self._noisy_mask: Tensor | None = None
+        self._stashed: dict[str, Any] | None = None
+        self._values: DataValues | None = None
+        self._fit_seconds = 0.0
+
+    # -- attach --------------------------------------------------------------------------------
+    @property
+    def state_key(self) -> str:
+        return f"{type(self).__name__}[{self.objective.name}]"
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        launcher = getattr(trainer.strategy, "launcher", None)
+        if launcher is not None and type(launcher).__name__ == "_MultiProcessingLauncher":
+            raise RuntimeError(
+                "DataValuation does not support spawn/fork-based strategies (ddp_spawn, ddp_fork, "
+                "ddp_notebook): the learned values live in the worker processes and cannot be returned. "
+                'Use strategy="ddp" (or launch with torchrun) instead.'
+            )
+        if sum(isinstance(c, DataValuation) for c in trainer.callbacks) > 1:
+            raise ValueError(
+                "only one DataValuation callback per Trainer is supported; remove the extra ones."
+            )
+        n = self._resolve_num_samples(trainer, stage)
+        if n is None:
+            return  # evaluation without a known training set size: nothing to attach
+        existing = getattr(pl_module, STATE_ATTR, None)
+        if existing is not None:
+            if self._state_size(existing) != n:
+                raise ValueError(
+                    f"the training set has {n} rows but this model already carries data values for "
+                    f"{self._state_size(existing)} rows from an earlier fit: the dataset size changed between "
+                    "fits. Use the same dataset, or a fresh model and DataValuation callback."
+                )
+            return
+        pl_module.add_module(STATE_ATTR, self.objective.build(n))
+        if stage == "fit" and self.export_path is not None and trainer.is_global_zero:
+            check_export_path(self.export_path)
+
+    @staticmethod
+    def _state_size(state: nn.Module) -> int:
+        weights = getattr(state, "weights", None)
+        if weights is not None and hasattr(weights, "num_samples"):
+            return int(weights.num_samples)
+        return int(getattr(state, "num_samples", -1))
+
+    def _resolve_num_samples(self, trainer: pl.Trainer, stage: str) -> int | None:
+        n = None
+        if stage == "fit":
+            source = trainer.fit_loop._data_source
+            dataset = None
+            if source.is_defined():
+                loader = source.dataloader()
+                dataset = getattr(loader, "dataset", None)
+            if dataset is not None and hasattr(dataset, "__len__"):
+                n = len(dataset)
+                if isinstance(dataset, IndexedDataset) and dataset.ids is not None:
+                    self.ids = np.asarray(dataset.ids)
+            if self.num_samples is not None and n is not None and n != self.num_samples:
+                raise ValueError(
+                    f"the training dataset has {n} rows but this DataValuation callback was built for "
+                    f"{self.num_samples} (`num_samples` or an earlier fit): the dataset size changed. "
+                    "Use a fresh DataValuation callback for a different dataset."
+                )
+            if n is None and self.num_samples is None:
+                raise ValueError(
+                    "cannot tell the training set size from the train dataloader (it has no sized `.dataset`); "
+                    "pass `DataValuation(..., num_samples=N)`."
+                )
+        n = n if n is not None else self.num_samples
+        self.num_samples = n
+        return n
+
+    def _state(self, pl_module: pl.LightningModule) -> nn.Module:
+        state = getattr(pl_module, STATE_ATTR, None)
+        if state is None:
+            raise RuntimeError("the DataValuation state is not attached; was the callback's setup skipped?")
+        return state
+
+    # -- optimizer -----------------------------------------------------------------------------
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        state = self._state(pl_module)
+        ours = {id(p) for p in state.parameters()}
+        # The user's configure_optimizers saw self.parameters() and picked our weights up: take
+        # them out so their schedulers, clipping and weight decay never touch the values.
+        for opt in trainer.optimizers:
+            for group in opt.param_groups:
+                kept = [p for p in group["params"] if id(p) not in ours]
+                if len(kept) != len(group["params"]):
+                    for p in group["params"]:
+                        if id(p) in ours:
+                            opt.state.pop(p, None)
+                    group["params"] = kept
+        params = [p for p in state.parameters() if p.requires_grad]
+        self.optimizer = self.objective.configure_optimizer(params) if params else None
+        self.objective.on_fit_start(trainer, pl_module, state)
+        self._noisy_mask = as_noisy_mask(self.known_noisy, self.num_samples)
+        if self._stashed is not None:
+            self._apply_state(self._stashed)
+            self._stashed = None
+        self._values = None
+        self._fit_started = time.perf_counter()
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        # Fires once per real step (after DDP's all-reduce, only on the last micro-batch under
+        # gradient accumulation, and for manual optimization): step only with the first optimizer.
+        if self.optimizer is None or not trainer.optimizers or optimizer is not trainer.optimizers[0]:
+            return
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        if scaler is not None:
+            scaler.unscale_(self.optimizer)
+            scaler.step(self.optimizer)
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.objective.after_optimizer_step(self._state(pl_module))
+        self.optimizer_steps += 1
+
+    # -- the loss ------------------------------------------------------------------------------
+    def compute_loss(
+        self,
+        pl_module: pl.LightningModule,
+        per_sample_loss: Tensor,
+        idx: Any,
+        inputs: Any = None,
+        outputs: Tensor | None = None,
+        targets: Tensor | None = None,
+    ) -> Tensor:
+        """Validate one step's arguments and apply the objective (called by the mixin)."""
+        state = self._state(pl_module)
+        idx = self._check_idx(idx, per_sample_loss)
+        if self.check_inputs:
+            self._check_values(per_sample_loss, idx)
+        step = ValuationStep(per_sample_loss, idx, inputs, outputs, targets, pl_module)
+        return self.objective.loss(state, step)
+
+    def _check_idx(self, idx: Any, per_sample_loss: Any) -> Tensor:
+        if not isinstance(per_sample_loss, Tensor):
+            raise TypeError(f"`per_sample_loss` must be a tensor; got {type(per_sample_loss).__name__}.")
+        if idx is None or not isinstance(idx, Tensor) or idx.is_floating_point() or idx.ndim != 1:
+            what = "None" if idx is None else f"{type(idx).__name__} {tuple(getattr(idx, 'shape', ()))}"
+            raise ValueError(
+                f"`idx` must be a 1-D integer tensor of dataset row indices; got {what}. Wrap the training "
+                "dataset in `lightning_dv.IndexedDataset` and unpack the batch as `idx, x, y = batch`."
+            )
+        if per_sample_loss.ndim == 0:
+            raise ValueError(
+                "`per_sample_loss` is a scalar: it was already reduced. Compute the loss with "
+                "`reduction='none'` so there is one entry per sample."
+            )
+        if per_sample_loss.ndim != 1 or per_sample_loss.shape[0] != idx.shape[0]:
+            raise ValueError(
+                f"`per_sample_loss` has shape {tuple(per_sample_loss.shape)} but the batch has {idx.shape[0]} "
+                "rows: pass one loss per sample, shape (batch,) (reduce any other dimensions first, e.g. "
+                "`.mean(dim=1)` for per-pixel or per-output losses)."
+            )
+        return idx.to(per_sample_loss.device).long()
+
+    def _check_values(self, per_sample_loss: Tensor, idx: Tensor) -> None:
+        n = self.num_samples
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < 0 or hi >= n:
+            raise IndexError(
+                f"row index {hi if hi >= n else lo} is outside the training set of {n} rows: `idx` must be "
+                "the dataset row (0..N-1) as yielded by `IndexedDataset`, and the dataset must not change size."
+            )
+        bad = ~torch.isfinite(per_sample_loss.detach())
+        if bool(bad.any()):
+            rows = idx[bad].tolist()
+            shown = ", ".join(map(str, rows[:20])) + (" ..." if len(rows) > 20 else "")
+            raise FloatingPointError(
+                f"the per-sample loss is NaN or infinite for {len(rows)} row(s): {shown}. Check those rows' "
+                "inputs and labels (or lower the learning rate)."
+            )
+
+    # -- epoch end: sync, record, log ------------------------------------------------------------
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        state = self._state(pl_module)
+        self.objective.on_train_epoch_end(trainer, pl_module, state)
+        values = self.objective.values(state).detach().float().cpu()
+        if self.record_trajectory:
+            self._trajectory.append(values.clone())
+        epoch = trainer.current_epoch
+        if (epoch + 1) % self.log_every_n_epochs == 0 and not trainer.sanity_checking:
+            log_values(trainer, values, step=epoch, prefix=self.prefix, noisy=self._noisy_mask)
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._fit_seconds = time.perf_counter() - getattr(self, "_fit_started", time.perf_counter())
+        values = self._build_values(pl_module)
+        self._values = values
+        if trainer.is_global_zero:
+            self._log_trajectory_figure(trainer, values)
+        if self.export_path is not None:
+            export_values(trainer, values, self.export_path)
+            rank_zero_info(f"DataValuation: wrote {len(values)} values to {self.export_path}")
+
+    def _build_values(self, pl_module: pl.LightningModule) -> DataValues:
+        state = self._state(pl_module)
+        values = self.objective.values(state).detach().double().cpu()
+        extra = {k: v.detach().cpu() for k, v in self.objective.extra_columns(state).items()}
+        traj = torch.stack(self._trajectory) if self.record_trajectory and self._trajectory else None
+        return DataValues(
+            values=values,
+            method=self.objective.name,
+            ids=self.ids,
+            columns=extra,
+            trajectory=traj,
+            metadata={
+                "epochs": len(self._trajectory),
+                "optimizer_steps": self.optimizer_steps,
+                "fit_seconds": self._fit_seconds,
+            },
+        )
+
+    @property
+    def values(self) -> DataValues:
+        """The values after fit (or the current ones, read from the attached state, during fit)."""
+        if self._values is None:
+            raise RuntimeError("no values yet: call `trainer.fit(...)` with this callback first.")
+        return self._values
+
+    def _log_trajectory_figure(self, trainer: pl.Trainer, values: DataValues, k: int = 5) -> None:
+        if values.trajectory is None or values.trajectory.shape[0] < 2:
+            return
+        tb = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        if not tb:
+            return
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return
+        fig, ax = plt.subplots(figsize=(6, 4))
+        epochs = np.arange(1, values.trajectory.shape[0] + 1)
+        for sel, color in ((values.lowest(k), "tab:red"), (values.highest(k), "tab:blue")):
+            for j in range(len(sel)):
+                ax.plot(epochs, sel.trajectory[:, j], color=color, alpha=0.8, label=f"row {sel.index[j]}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("value")
+        ax.set_title(f"{self.objective.name}: {k} lowest (red) and highest (blue) rows")
+        ax.legend(fontsize=6, ncol=2)
+        for lg in tb:
+            lg.experiment.add_figure(f"{self.prefix}/trajectories", fig, global_step=trainer.current_epoch)
+        plt.close(fig)
+
+    # -- checkpointing ---------------------------------------------------------------------------
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "num_samples": self.num_samples,
+            "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
+            "optimizer_steps": self.optimizer_steps,
+            "trajectory": torch.stack(self._trajectory) if self._trajectory else None,
+            "objective": self.objective.state_dict(),
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Lightning restores callbacks before on_fit_start (where our optimizer is built): stash.
+        if self.optimizer is None:
+            self._stashed = dict(state_dict)
+        else:
+            self._apply_state(state_dict)
+
+    def _apply_state(self, sd: dict[str, Any]) -> None:
+        if sd.get("num_samples") is not None and self.num_samples not in (None, sd["num_samples"]):
+            raise ValueError(
+                f"the checkpoint holds values for {sd['num_samples']} rows but the training set has "
+                f"{self.num_samples}: the dataset size changed between fits."
+            )
+        if self.optimizer is not None and sd.get("optimizer") is not None:
+            self.optimizer.load_state_dict(sd["optimizer"])
+        self.optimizer_steps = int(sd.get("optimizer_steps", 0))
+        traj = sd.get("trajectory")
+        self._trajectory = [] if traj is None else [t.clone() for t in traj]
+        self.objective.load_state_dict(sd.get("objective", {}))

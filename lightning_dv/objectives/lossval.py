@@ -1,0 +1,258 @@
+"""LossVal (Wibiral et al., "LossVal: Efficient Data Valuation for Neural Networks", 2024/25).
+
+For a minibatch B with rows i and learnable weights w_i:
+
+    L_w  = sum_i w_i * l_i                      (or the weighted mean, ``reduction="mean"``)
+    D    = debiased Sinkhorn divergence between {(w_i, f(x_i))} and {(1, f(v_j))}
+    loss = L_w * D ** exponent                  (exponent 2 in the paper)
+
+with ``f`` the ``features=`` hook (default: flattened inputs) applied to the batch inputs and to
+the validation inputs alike. The values are the final weights.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from lightning_dv.distributed import all_reduce_max
+from lightning_dv.objectives.base import ValuationObjective, ValuationStep
+from lightning_dv.ot import CachedSinkhornDivergence, bounding_diameter
+from lightning_dv.weights import CONSTRAINTS, Float32Module, SampleWeights
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
+MASSES = ("raw", "uniform")
+REDUCTIONS = ("sum", "mean")
+
+
+def flatten_features(inputs: Tensor) -> Tensor:
+    """Default ``features=`` hook: one flat float vector per sample."""
+    return inputs.reshape(inputs.shape[0], -1).float()
+
+
+class LossValState(Float32Module):
+    """Learnable state of LossVal: the weights, plus the fixed OT diameter (saved for exact resume)."""
+
+    def __init__(self, weights: SampleWeights) -> None:
+        super().__init__()
+        self.weights = weights
+        self.register_buffer("diameter", torch.tensor(float("nan")))
+
+
+class LossVal(ValuationObjective):
+    """LossVal as a loss wrapper on any LightningModule.
+
+    Args:
+        validation: Validation inputs ``x_val`` (tensor or array), or ``(x_val, y_val)`` (labels
+            are ignored: the OT term compares features only), or a map-style dataset whose items
+            start with the input.
+        features: Maps a batch of inputs to ``(B, d)`` features for the OT term; applied to the
+            validation inputs too (e.g. a frozen encoder for images). Default: flatten.
+        mass: ``"raw"`` (the paper: batch mass = sum of weights, validation mass J; geomloss does
+            not normalise) or ``"uniform"`` (both clouds normalised to mass 1).
+        reduction: ``"sum"`` (the paper) or ``"mean"`` of the weighted per-sample losses.
+        constraint: ``"none"`` (the paper: weights may go negative), ``"softplus"`` or ``"clamp"``.
+        exponent: Power of the divergence; 2 in the paper (1 measured clearly worse).
+        lr: Learning rate of the weights' Adam optimizer (the paper: 0.01, shared with the model).
+        init: Initial weight.
+        blur, scaling, p: geomloss Sinkhorn settings (paper: 0.05, 0.5, 2).
+        diameter: Fixed OT diameter; default: 1.1 x the bounding-box diagonal of the validation
+            features and the first batch (max over ranks), computed once and checkpointed.
+        validation_subsample: Use this many random validation rows per step instead of all
+            (for very large validation sets; then the self-term is recomputed per step).
+        backend: geomloss backend (``"tensorized"`` on CPU; ``"online"`` needs KeOps, for GPUs
+            and validation sets whose J x J matrix does not fit).
+
+    Example:
+        >>> objective = LossVal(validation=torch.randn(100, 8))
+        >>> state = objective.build(num_samples=500)
+        >>> state.weights.all().shape
+        torch.Size([500])
+    """
+
+    name = "lossval"
+
+    def __init__(
+        self,
+        validation: Any,
+        features: Callable[[Tensor], Tensor] | None = None,
+        mass: str = "raw",
+        reduction: str = "sum",
+        constraint: str = "none",
+        exponent: float = 2.0,
+        lr: float = 0.01,
+        init: float = 1.0,
+        blur: float = 0.05,
+        scaling: float = 0.5,
+        p: int = 2,
+        diameter: float | None = None,
+        validation_subsample: int | None = None,
+        backend: str = "tensorized",
+    ) -> None:
+        if mass not in MASSES:
+            raise ValueError(f"`mass={mass!r}` is not supported; use one of {MASSES}.")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"`reduction={reduction!r}` is not supported; use one of {REDUCTIONS}.")
+        if constraint not in CONSTRAINTS:
+            raise ValueError(f"`constraint={constraint!r}` is not supported; use one of {CONSTRAINTS}.")
+        if lr <= 0:
+            raise ValueError(f"`lr` must be > 0; got {lr}.")
+        if diameter is not None and not diameter > 0:
+            raise ValueError(f"`diameter` must be > 0; got {diameter}.")
+        if validation_subsample is not None and validation_subsample < 1:
+            raise ValueError(f"`validation_subsample` must be >= 1; got {validation_subsample}.")
+        self.validation_inputs = _validation_inputs(validation)
+        self.features = features or flatten_features
+        self.mass, self.reduction, self.constraint = mass, reduction, constraint
+        self.exponent, self.lr, self.init = float(exponent), float(lr), float(init)
+        self.blur, self.scaling, self.p = blur, scaling, p
+        self.fixed_diameter = diameter
+        self.validation_subsample = validation_subsample
+        self.backend = backend
+        self._val_features: Tensor | None = None
+        self._divergence: CachedSinkhornDivergence | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def build(self, num_samples: int) -> nn.Module:
+        return LossValState(SampleWeights(num_samples, init=self.init, constraint=self.constraint))
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: nn.Module) -> None:
+        x_val = self.validation_inputs.to(pl_module.device)
+        with torch.no_grad():
+            feats = self.features(x_val)
+        if not isinstance(feats, Tensor) or feats.ndim != 2:
+            raise ValueError(
+                "`features` must map a batch of inputs to a 2-D tensor (batch, dim); on the validation "
+                f"inputs it returned {type(feats).__name__} of shape {tuple(getattr(feats, 'shape', ()))}."
+            )
+        self._val_features = feats.detach().float()
+        self._divergence = None
+
+    def _val_weights(self, j: int, device: torch.device) -> Tensor:
+        return torch.full((j,), 1.0 / j if self.mass == "uniform" else 1.0, device=device)
+
+    def _ensure_divergence(self, state: LossValState, batch_features: Tensor) -> None:
+        if not self._diameter_known(state):
+            d = self.fixed_diameter
+            if d is None:
+                # Fixed once per fit (and checkpointed): a per-batch diameter would change
+                # geomloss's epsilon schedule every step and sync the host on each call.
+                local = torch.tensor(1.1 * bounding_diameter(self._val_features, batch_features))
+                d = float(all_reduce_max(local.to(batch_features.device)))
+            state.diameter.fill_(max(d, 1e-6))
+        if self.validation_subsample is None and self._divergence is None:
+            y = self._val_features
+            self._divergence = CachedSinkhornDivergence(
+                y,
+                self._val_weights(y.shape[0], y.device),
+                float(state.diameter),
+                self.p,
+                self.blur,
+                self.scaling,
+                self.backend,
+            )
+
+    @staticmethod
+    def _diameter_known(state: LossValState) -> bool:
+        return bool(torch.isfinite(state.diameter))
+
+    def divergence(self, state: LossValState, weights: Tensor, batch_features: Tensor) -> Tensor:
+        """The debiased Sinkhorn divergence of the weighted batch against the validation set (fp32)."""
+        self._ensure_divergence(state, batch_features)
+        a = weights / weights.sum() if self.mass == "uniform" else weights
+        device_type = batch_features.device.type
+        # The OT term runs in fp32 even under AMP: D**2 ~ 1e7 overflows fp16.
+        with torch.autocast(device_type=device_type, enabled=False):
+            if self.validation_subsample is None:
+                return self._divergence(a.float(), batch_features.float())
+            y = self._val_features
+            k = min(self.validation_subsample, y.shape[0])
+            sub = y[torch.randperm(y.shape[0], device=y.device)[:k]]
+            div = CachedSinkhornDivergence(
+                sub,
+                self._val_weights(k, y.device),
+                float(state.diameter),
+                self.p,
+                self.blur,
+                self.scaling,
+                self.backend,
+            )
+            return div(a.float(), batch_features.float())
+
+    def loss(self, state: nn.Module, step: ValuationStep) -> Tensor:
+        if step.inputs is None:
+            raise ValueError(
+                "LossVal needs the batch inputs: call `self.valuation_loss(per_sample, idx, inputs=x, ...)`."
+            )
+        if self._val_features is None:
+            raise RuntimeError("LossVal was not started: attach it through the DataValuation callback.")
+        with torch.no_grad():
+            feats = self.features(step.inputs)
+        feats = feats.detach().float().reshape(feats.shape[0], -1)
+        if feats.shape[0] != step.idx.shape[0]:
+            raise ValueError(
+                f"`features` returned {feats.shape[0]} rows for a batch of {step.idx.shape[0]} samples; "
+                "it must return one feature vector per sample."
+            )
+        if feats.shape[1] != self._val_features.shape[1]:
+            raise ValueError(
+                f"the batch features have dimension {feats.shape[1]} but the validation features have "
+                f"{self._val_features.shape[1]}: pass validation inputs shaped like the training inputs, "
+                "or a `features=` function that maps both to the same space."
+            )
+        w = state.weights(step.idx)
+        per_sample = step.per_sample_loss
+        weighted = w.to(per_sample.dtype) * per_sample
+        task = weighted.sum() if self.reduction == "sum" else weighted.mean()
+        d = self.divergence(state, w, feats)
+        return task * d.to(task.dtype) ** self.exponent
+
+    def values(self, state: nn.Module) -> Tensor:
+        return state.weights.all()
+
+    def after_optimizer_step(self, state: nn.Module) -> None:
+        state.weights.project_()
+
+    def configure_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        return torch.optim.Adam(params, lr=self.lr)
+
+
+def _validation_inputs(validation: Any) -> Tensor:
+    """Normalise the ``validation=`` argument to a tensor of inputs."""
+    if isinstance(validation, (tuple, list)) and len(validation) in (1, 2) and not np.isscalar(validation[0]):
+        validation = validation[0]
+    if isinstance(validation, np.ndarray):
+        validation = torch.from_numpy(validation)
+    if (
+        not isinstance(validation, Tensor)
+        and hasattr(validation, "__getitem__")
+        and hasattr(validation, "__len__")
+    ):
+        items = [validation[i] for i in range(len(validation))]
+        validation = torch.stack(
+            [torch.as_tensor(it[0] if isinstance(it, (tuple, list)) else it) for it in items]
+        )
+    if not isinstance(validation, Tensor):
+        raise TypeError(
+            "`validation` must be the validation inputs (tensor or array), a tuple (x_val, y_val), or a "
+            f"map-style dataset; got {type(validation).__name__}."
+        )
+    if validation.shape[0] == 0:
+        raise ValueError(
+            "`validation` is empty: LossVal needs at least one validation row (100 in the paper)."
+        )
+    if validation.shape[0] < 10:
+        warnings.warn(
+            f"`validation` has only {validation.shape[0]} rows; LossVal's OT term is noisy below ~50 rows.",
+            stacklevel=3,
+        )
+    if validation.is_floating_point():
+        validation = validation.float()
+    return validation
