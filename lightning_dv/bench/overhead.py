@@ -1,0 +1,314 @@
+"""Training overhead of valuation: a plain Lightning fit against the same fit with each objective.
+
+For every training-set size N and validation size J, the same model
+(:class:`~lightning_dv.bench.models.BenchClassifier`) is fit on the same synthetic
+Gaussian-logistic data ``repeats`` times without valuation and with each objective, interleaved
+in one process so that drift hits all variants alike. Reported: the median over repeats of the
+wall-time ratio ``t(objective) / t(plain)`` (each repeat's ratio uses that repeat's plain fit)
+and of the peak memory the fit added on top of what the process held before it (resident set
+size sampled every millisecond on CPU; ``torch.cuda.max_memory_allocated`` on GPU).
+
+``--max-batches`` caps the steps per fit so that the 1,000,000-row setting runs in minutes:
+the per-step costs, and the O(N) weight update among them, are still paid in full.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from lightning_dv.bench.baselines import MethodUnavailable
+from lightning_dv.bench.registry import _import_project, quiet_lightning
+from lightning_dv.export import atomic_write
+
+ROWS = (1_000, 10_000, 100_000, 1_000_000)
+VALID_SIZES = (100, 1_000, 10_000)
+
+
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):  # not Linux: no cheap resettable RSS reading
+        return None
+
+
+class PeakMemory:
+    """Context manager measuring the peak memory a block adds (bytes; None where unmeasurable).
+
+    On CUDA it uses the allocator's peak statistics; on CPU a thread samples the resident set
+    size of the process every ``interval`` seconds (memory freed back to the allocator but not
+    to the OS stays counted, so this is an upper bound of what the block itself used).
+
+    Example:
+        >>> with PeakMemory() as pm:
+        ...     block = np.ones(10_000_000)
+        >>> pm.peak_bytes is None or pm.peak_bytes > 40_000_000
+        True
+    """
+
+    def __init__(self, device: str = "cpu", interval: float = 0.001) -> None:
+        self.device, self.interval = device, interval
+        self.peak_bytes: int | None = None
+        self._stop = threading.Event()
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self._start = torch.cuda.memory_allocated()
+            return self
+        self._start = _rss_bytes()
+        self._peak = self._start
+        if self._start is not None:
+            self._thread = threading.Thread(target=self._poll, daemon=True)
+            self._thread.start()
+        return self
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._peak = max(self._peak, _rss_bytes() or 0)
+
+    def __exit__(self, *exc) -> None:
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize()
+            self.peak_bytes = torch.cuda.max_memory_allocated() - self._start
+            return
+        if self._start is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        self._peak = max(self._peak, _rss_bytes() or 0)
+        self.peak_bytes = self._peak - self._start
+
+
+def synthetic_data(rows: int, features: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian features with logistic labels (two classes), float32 / int64."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, features), dtype=np.float32)
+    beta = rng.standard_normal(features).astype(np.float32)
+    y = (rng.random(rows) < 1.0 / (1.0 + np.exp(-(x @ beta)))).astype(np.int64)
+    return x, y
+
+
+def objective_factories() -> dict[str, Callable[[np.ndarray, np.ndarray], object]]:
+    """``name -> factory(x_valid, y_valid)`` of the training-time objectives (imported lazily)."""
+
+    def lossval(xv: np.ndarray, yv: np.ndarray):
+        return _import_project("lightning_dv.objectives.lossval", "LossVal", "LossVal")(validation=(xv, yv))
+
+    def nddv(xv: np.ndarray, yv: np.ndarray):
+        return _import_project("lightning_dv.objectives.nddv", "NDDV", "NDDV")()
+
+    return {"lossval": lossval, "nddv": nddv}
+
+
+def time_fit(
+    x: np.ndarray,
+    y: np.ndarray,
+    objective=None,
+    epochs: int = 1,
+    max_batches: int | None = None,
+    batch_size: int = 32,
+    accelerator: str = "cpu",
+    seed: int = 0,
+) -> tuple[float, int | None]:
+    """Wall time (s) and added peak memory (bytes) of one ``Trainer.fit``, plain or with ``objective``."""
+    import lightning as L
+
+    from lightning_dv.bench.models import BenchClassifier, indexed_loader, quiet_trainer
+
+    L.seed_everything(seed, verbose=False)
+    model = BenchClassifier(x.shape[1], int(y.max()) + 1, valuate=objective is not None)
+    callbacks = []
+    if objective is not None:
+        data_valuation = _import_project(
+            "lightning_dv.callbacks", "DataValuation", "the DataValuation callback"
+        )
+        callbacks.append(data_valuation(objective, record_trajectory=False))
+    loader = indexed_loader(x, y, batch_size=batch_size, seed=seed)
+    device = "cuda" if accelerator in ("gpu", "cuda") else "cpu"
+    with quiet_lightning():
+        trainer = quiet_trainer(
+            epochs, callbacks=callbacks, accelerator=accelerator, limit_train_batches=max_batches or 1.0
+        )
+        with PeakMemory(device) as mem:
+            t0 = time.perf_counter()
+            trainer.fit(model, loader)
+            wall = time.perf_counter() - t0
+    return wall, mem.peak_bytes
+
+
+def run_overhead(
+    rows: Sequence[int] = ROWS,
+    valid_sizes: Sequence[int] = VALID_SIZES,
+    objectives: Sequence[str] = ("lossval", "nddv"),
+    repeats: int = 5,
+    max_batches: int | None = 200,
+    max_rows: int | None = None,
+    epochs: int = 1,
+    accelerator: str = "cpu",
+    log: Callable[[str], None] | None = print,
+):
+    """Measure every (N, J, objective) setting; one row per fit, as a DataFrame.
+
+    Args:
+        rows: Training-set sizes N.
+        valid_sizes: Validation-set sizes J (used by LossVal's OT term).
+        objectives: Names from :func:`objective_factories`; unavailable ones are skipped with a notice.
+        repeats: Fits per variant (the report takes medians).
+        max_batches: Cap on the steps of each fit (None: full epochs).
+        max_rows: Drop training-set sizes above this (short runs).
+        epochs: Epochs per fit.
+        accelerator: Lightning accelerator (``"cpu"`` or ``"gpu"``).
+        log: Receives progress lines; None for silence.
+
+    Returns:
+        DataFrame with columns ``rows, valid, variant, repeat, wall_s, peak_mb, steps``.
+    """
+    import pandas as pd
+
+    say = log or (lambda _msg: None)
+    factories = objective_factories()
+    unknown = [o for o in objectives if o not in factories]
+    if unknown:
+        raise ValueError(f"unknown objective(s) {unknown}; available: {', '.join(factories)}.")
+    rows = [n for n in rows if max_rows is None or n <= max_rows]
+    available = []
+    xv0, yv0 = synthetic_data(max(valid_sizes), seed=1)
+    for name in objectives:
+        try:
+            factories[name](xv0[:10], yv0[:10])
+            available.append(name)
+        except MethodUnavailable as err:
+            say(f"skipping {name}: {err}")
+    # One unrecorded fit per variant first: the first fit in a process pays one-off costs
+    # (imports, allocator growth, thread pools) that would otherwise inflate one variant only.
+    xw, yw = synthetic_data(256, seed=2)
+    for variant in ["plain", *available]:
+        time_fit(
+            xw,
+            yw,
+            None if variant == "plain" else factories[variant](xv0[:100], yv0[:100]),
+            1,
+            4,
+            accelerator=accelerator,
+        )
+    records = []
+    for n in rows:
+        x, y = synthetic_data(n, seed=0)
+        steps = int(np.ceil(n / 32)) if max_batches is None else min(max_batches, int(np.ceil(n / 32)))
+        steps *= epochs
+        for j in valid_sizes:
+            xv, yv = xv0[:j], yv0[:j]
+            for r in range(repeats):
+                for variant in ["plain", *available]:
+                    objective = None if variant == "plain" else factories[variant](xv, yv)
+                    wall, peak = time_fit(
+                        x, y, objective, epochs, max_batches, accelerator=accelerator, seed=r
+                    )
+                    mb = float("nan") if peak is None else peak / 2**20
+                    records.append(
+                        {
+                            "rows": n,
+                            "valid": j,
+                            "variant": variant,
+                            "repeat": r,
+                            "wall_s": wall,
+                            "peak_mb": mb,
+                            "steps": steps,
+                        }
+                    )
+                    say(f"N={n} J={j} repeat {r + 1}/{repeats} {variant}: {wall:.2f} s, peak +{mb:.0f} MB")
+    return pd.DataFrame(records)
+
+
+def overhead_table(df) -> str:
+    """Markdown table of the medians over repeats: time and memory ratios against the plain fit."""
+    lines = [
+        "| N (train rows) | J (validation) | objective | steps | plain fit (s) | with objective (s) | "
+        "time ratio | peak memory added: plain (MB) | with objective (MB) |",
+        "|---" * 9 + "|",
+    ]
+    for (n, j), part in df.groupby(["rows", "valid"], sort=True):
+        plain = part[part["variant"] == "plain"].set_index("repeat")
+        for variant in [v for v in dict.fromkeys(part["variant"]) if v != "plain"]:
+            obj = part[part["variant"] == variant].set_index("repeat")
+            ratios = (obj["wall_s"] / plain["wall_s"]).dropna()
+            lines.append(
+                f"| {n:,} | {j:,} | {variant} | {int(obj['steps'].iloc[0])} | "
+                f"{statistics.median(plain['wall_s']):.2f} | {statistics.median(obj['wall_s']):.2f} | "
+                f"**{statistics.median(ratios):.2f}x** | {np.nanmedian(plain['peak_mb']):.0f} | "
+                f"{np.nanmedian(obj['peak_mb']):.0f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m lightning_dv.bench overhead``: run :func:`run_overhead`, write ``overhead.csv`` and ``.md``.
+
+    Args:
+        argv: Arguments without the program name (default: ``sys.argv[1:]``), e.g.
+            ``["--rows", "1000", "100000", "--valid", "100", "--repeats", "5", "--out", "DIR"]``.
+
+    Returns:
+        Process exit code.
+    """
+    from lightning_dv.bench.protocol import machine_description
+
+    p = argparse.ArgumentParser(
+        prog="python -m lightning_dv.bench overhead", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--rows", nargs="+", type=int, default=list(ROWS), help="training-set sizes")
+    p.add_argument("--valid", nargs="+", type=int, default=list(VALID_SIZES), help="validation-set sizes")
+    p.add_argument("--objectives", nargs="+", default=["lossval", "nddv"], help="objectives to compare")
+    p.add_argument("--repeats", type=int, default=5, help="fits per variant (medians are reported)")
+    p.add_argument("--max-batches", type=int, default=200, help="cap on steps per fit; 0 = full epochs")
+    p.add_argument("--max-rows", type=int, default=None, help="skip training sets larger than this")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"])
+    p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--out", default="bench_overhead", help="output folder")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = p.parse_args(argv)
+    import shlex
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    df = run_overhead(
+        args.rows,
+        args.valid,
+        args.objectives,
+        args.repeats,
+        args.max_batches or None,
+        args.max_rows,
+        args.epochs,
+        args.accelerator,
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "overhead.csv", lambda tmp: df.to_csv(tmp, index=False))
+    device = torch.cuda.get_device_name() if args.accelerator == "gpu" else "CPU"
+    command = "python -m lightning_dv.bench overhead " + shlex.join(argv)
+    text = (
+        "# Training overhead of valuation (medians over repeats)\n\n"
+        f"Command: `{command}`\n\nMachine: {machine_description()}; device: {device}\n\n"
+        + (overhead_table(df) if not df.empty else "No fit completed.\n")
+    )
+    atomic_write(out / "overhead.md", lambda tmp: Path(tmp).write_text(text))
+    print(text)
+    return 0

@@ -1,0 +1,182 @@
+"""Registry of benchmark methods: ``name -> callable(split, seed) -> DataValues``.
+
+Baselines are always available. The project's own methods are imported lazily, so the harness
+runs (and says what it skipped and why) while a method's module is missing or its optional
+dependency is not installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import warnings
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from lightning_dv.bench import baselines
+from lightning_dv.bench.baselines import MethodUnavailable
+from lightning_dv.datasets import Split
+from lightning_dv.values import DataValues
+
+MethodFn = Callable[[Split, int], DataValues]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered valuation method.
+
+    Attributes:
+        name: Registry key, used on the command line and in the result tables.
+        fn: ``fn(split, seed) -> DataValues`` with one value per training row of ``split``.
+        kind: ``"baseline"`` or ``"project"``.
+        description: One line for ``--list``.
+    """
+
+    name: str
+    fn: MethodFn
+    kind: str
+    description: str
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(name: str, kind: str = "baseline", description: str = "") -> Callable[[MethodFn], MethodFn]:
+    """Decorator adding ``fn(split, seed) -> DataValues`` to :data:`METHODS` under ``name``.
+
+    Example:
+        >>> import numpy as np
+        >>> @register("constant_demo", description="every row worth 1")
+        ... def constant(split, seed):
+        ...     return DataValues(np.ones(len(split.y_train)), method="constant_demo")
+        >>> "constant_demo" in METHODS
+        True
+        >>> _ = METHODS.pop("constant_demo")
+    """
+    if kind not in ("baseline", "project"):
+        raise ValueError(f"`kind` must be 'baseline' or 'project'; got {kind!r}.")
+
+    def deco(fn: MethodFn) -> MethodFn:
+        if name in METHODS:
+            raise ValueError(f"a method named {name!r} is already registered.")
+        METHODS[name] = Method(name, fn, kind, description or (fn.__doc__ or "").strip().split("\n")[0])
+        return fn
+
+    return deco
+
+
+def get_method(name: str) -> Method:
+    """Look a method up by name, with the list of known names in the error."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; registered: {', '.join(sorted(METHODS))}.")
+    return METHODS[name]
+
+
+def _import_project(module: str, attr: str, what: str):
+    """Import ``module.attr`` for a project method; a missing module or name makes it unavailable."""
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        # Only the method's own module (or the lightning_dv modules it builds on) being absent is
+        # "unavailable"; any other missing import is a real error and must surface.
+        if err.name is None or not err.name.startswith("lightning_dv"):
+            raise
+        raise MethodUnavailable(f"{what} is not in this checkout yet ({err.name} is missing).") from err
+    if not hasattr(mod, attr):
+        raise MethodUnavailable(f"{what} is not in this checkout yet ({module}.{attr} is missing).")
+    return getattr(mod, attr)
+
+
+@contextmanager
+def quiet_lightning():
+    """Silence Lightning's per-fit banners and data-loader hints while a benchmark fit runs."""
+    logger = logging.getLogger("lightning.pytorch")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=".*number of training batches.*")
+            warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+            warnings.filterwarnings("ignore", message=".*OT term is noisy.*")  # tiny proportional splits
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def fit_with_objective(split: Split, seed: int, objective, epochs: int, hidden: int = 64) -> DataValues:
+    """Value ``split``'s training rows with a training-time objective through a real Lightning fit.
+
+    The model is :class:`~lightning_dv.bench.models.BenchClassifier` (Adam, lr 0.01, batch 32),
+    exactly the user journey: the mixin's ``valuation_loss`` in ``training_step`` and a
+    ``DataValuation`` callback on the trainer.
+    """
+    import lightning as L
+
+    callbacks = _import_project("lightning_dv.callbacks", "DataValuation", "the DataValuation callback")
+    from lightning_dv.bench.models import BenchClassifier, indexed_loader, quiet_trainer
+
+    L.seed_everything(seed, verbose=False)
+    model = BenchClassifier(split.x_train.shape[1], split.num_classes, hidden=hidden)
+    valuation = callbacks(objective)
+    with quiet_lightning():
+        trainer = quiet_trainer(epochs, callbacks=[valuation])
+        trainer.fit(model, indexed_loader(split.x_train, split.y_train, seed=seed))
+    return valuation.values
+
+
+# -- baselines ------------------------------------------------------------------------------------
+@register("random", description="uniform random values (the floor)")
+def _random(split: Split, seed: int) -> DataValues:
+    return baselines.random_values(len(split.y_train), seed=seed)
+
+
+@register("loss_only", description="out-of-fold log-likelihood of the label under logistic regression")
+def _loss_only(split: Split, seed: int) -> DataValues:
+    return baselines.loss_only(split.x_train, split.y_train, split.num_classes, seed=seed)
+
+
+@register("knn_shapley", description="exact KNN-Shapley (K=10) against the validation set")
+def _knn_shapley(split: Split, seed: int) -> DataValues:
+    return baselines.knn_shapley(split.x_train, split.y_train, split.x_valid, split.y_valid, k=10)
+
+
+@register("data_oob", description="Data-OOB, 200 bagged logistic regressions")
+def _data_oob(split: Split, seed: int) -> DataValues:
+    return baselines.data_oob(split.x_train, split.y_train, split.num_classes, model="logistic", seed=seed)
+
+
+@register("data_oob_tree", description="Data-OOB, 200 bagged decision trees (depth 8)")
+def _data_oob_tree(split: Split, seed: int) -> DataValues:
+    return baselines.data_oob(split.x_train, split.y_train, split.num_classes, model="tree", seed=seed)
+
+
+@register("cleanlab", description="cleanlab label-quality score (optional: pip install cleanlab)")
+def _cleanlab(split: Split, seed: int) -> DataValues:
+    return baselines.cleanlab_label_quality(split.x_train, split.y_train, split.num_classes, seed=seed)
+
+
+# -- project methods ------------------------------------------------------------------------------
+@register("lossval", kind="project", description="LossVal, 30 epochs, MLP(64), Lightning fit")
+def _lossval(split: Split, seed: int) -> DataValues:
+    loss_val = _import_project("lightning_dv.objectives.lossval", "LossVal", "LossVal")
+    return fit_with_objective(split, seed, loss_val(validation=(split.x_valid, split.y_valid)), epochs=30)
+
+
+@register("nddv", kind="project", description="NDDV objective, 30 epochs, MLP(64), Lightning fit")
+def _nddv(split: Split, seed: int) -> DataValues:
+    nddv = _import_project("lightning_dv.objectives.nddv", "NDDV", "NDDV")
+    return fit_with_objective(split, seed, nddv(), epochs=30)
+
+
+@register("complexity_gap", kind="project", description="complexity-gap score (training-free, negated CG)")
+def _complexity_gap(split: Split, seed: int) -> DataValues:
+    fn = _import_project("lightning_dv.complexity_gap", "complexity_gap", "complexity_gap")
+    return fn(split.x_train, split.y_train, seed=seed)
+
+
+@register("ecoval", kind="project", description="EcoVal cluster-level valuation")
+def _ecoval(split: Split, seed: int) -> DataValues:
+    eco_val = _import_project("lightning_dv.ecoval", "EcoVal", "EcoVal")
+    return eco_val(seed=seed).fit(split.x_train, split.y_train, split.x_valid, split.y_valid)
