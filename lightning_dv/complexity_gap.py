@@ -190,14 +190,15 @@ def complexity_gap(
     allocating, the need is checked against the free memory and a :class:`MemoryError` names the
     size and the ``subsample=`` value that fits.
 
-    Duplicates: rows whose normalised features are identical make ``H`` singular. They are
-    reported with a warning naming the rows. With ``ridge=0`` (default) copies with the SAME label
+    Duplicates: rows whose normalised features are identical (exact or rescaled copies: equal to
+    ``2^-32`` in every coordinate) make ``H`` singular; for distinct directions the NTK Gram matrix
+    is positive definite. Duplicates are reported with a warning naming the rows. With ``ridge=0`` (default) copies with the SAME label
     are kept once in every problem and all of them score ``CG = 0``: this is the exact limit
     ``ridge -> 0`` (removing one copy leaves the fit unchanged); copies with DIFFERENT labels have
     an infinite score at ``ridge=0`` and raise a ``ValueError``. ``ridge > 0`` uses
     ``H + ridge * I`` (kernel ridge instead of interpolation): every score changes, copies stay
-    in, conflicting copies get large finite scores. Near-duplicates that are not bit-identical can
-    still make the factorisation fail; the error names the row and suggests a ridge.
+    in, conflicting copies get large finite scores. Should the factorisation still fail, the
+    error names the row and suggests a ridge.
 
     Args:
         features: ``(N, ...)`` inputs or embeddings; flattened to ``(N, d)``.
@@ -548,9 +549,15 @@ def _normalise(x: Tensor) -> Tensor:
     return x / torch.where(norm > 0, norm, torch.ones_like(norm))
 
 
+#: Normalised rows equal after rounding to this grid are duplicates: their inner product is 1 in
+#: float64, so H has two equal rows. Exact and rescaled copies land on the same grid point.
+DUPLICATE_GRID = 2.0**-32
+
+
 def _duplicate_groups(xn: Tensor, codes: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-    """Groups (sorted CPU row tensors) of bit-identical normalised rows, and those with mixed labels."""
-    _, inverse, counts = torch.unique(xn, dim=0, return_inverse=True, return_counts=True)
+    """Groups (sorted CPU row tensors) of duplicate normalised rows, and those with mixed labels."""
+    keys = torch.round(xn / DUPLICATE_GRID)
+    _, inverse, counts = torch.unique(keys, dim=0, return_inverse=True, return_counts=True)
     if int(counts.max()) < 2:
         return [], []
     inverse = inverse.cpu()
