@@ -5,39 +5,20 @@ from __future__ import annotations
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_dv import DataValuationMixin, IndexedDataset
+from lightning_dv import IndexedDataset
 from lightning_dv.datasets import make_split
+from lightning_dv.modules import MLPClassifier
 
 
-class MLP(DataValuationMixin, L.LightningModule):
-    """A small classifier that returns ``valuation_loss`` from its training step."""
+class MLP(MLPClassifier):
+    """The package's example classifier under a short name (``regression=`` switches the loss)."""
 
     def __init__(
         self, d_in: int, n_classes: int, hidden: int = 64, lr: float = 0.01, regression: bool = False
     ):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, n_classes))
-        self.lr, self.regression = lr, regression
-
-    def forward(self, x):
-        return self.net(x)
-
-    def per_sample_loss(self, out, y):
-        if self.regression:
-            return ((out.squeeze(-1) - y) ** 2).reshape(out.shape[0], -1).sum(1)
-        return F.cross_entropy(out, y, reduction="none")
-
-    def training_step(self, batch, batch_idx):
-        idx, x, y = batch
-        out = self(x)
-        return self.valuation_loss(self.per_sample_loss(out, y), idx, inputs=x, outputs=out, targets=y)
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.lr)
+        super().__init__(d_in, n_classes, hidden=hidden, lr=lr, regression=regression)
 
 
 def loader(x, y, batch_size=32, shuffle=True, seed=0, ids=None):
@@ -67,3 +48,25 @@ def trainer_kwargs(tmp_path=None, **kw):
 def seeded(seed=0):
     L.seed_everything(seed, verbose=False)
     np.random.seed(seed)
+
+
+class EpochSeededSampler(torch.utils.data.Sampler):
+    """Shuffles with a permutation seeded by (seed, epoch): resumed fits see the same order."""
+
+    def __init__(self, n: int, seed: int = 0):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:  # Lightning calls this at every epoch start
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def resumable_loader(x, y, batch_size=32, seed=0):
+    ds = IndexedDataset(TensorDataset(torch.as_tensor(x), torch.as_tensor(y)))
+    return DataLoader(ds, batch_size=batch_size, sampler=EpochSeededSampler(len(ds), seed))

@@ -1,0 +1,55 @@
+"""A ready-made LightningModule for tabular data, used by the demo, the benchmarks and examples."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_dv.mixin import DataValuationMixin
+
+
+class MLPClassifier(DataValuationMixin, L.LightningModule):
+    """A one-hidden-layer MLP whose ``training_step`` returns ``valuation_loss``.
+
+    Args:
+        in_features: Input dimension.
+        num_outputs: Number of classes (classification) or targets (regression).
+        hidden: Hidden width.
+        lr: Adam learning rate (the LossVal paper shares lr 0.01 between model and weights).
+        regression: Squared-error loss (summed over outputs) instead of cross-entropy.
+
+    Example:
+        >>> model = MLPClassifier(in_features=4, num_outputs=3)
+        >>> model(torch.zeros(2, 4)).shape
+        torch.Size([2, 3])
+    """
+
+    def __init__(
+        self, in_features: int, num_outputs: int, hidden: int = 64, lr: float = 0.01, regression: bool = False
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, num_outputs))
+        self.lr, self.regression = lr, regression
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def per_sample_loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """Unreduced loss: cross-entropy, or the sum of squared errors per sample."""
+        if self.regression:
+            diff = outputs.reshape(outputs.shape[0], -1) - targets.reshape(targets.shape[0], -1)
+            return (diff**2).sum(1)
+        return F.cross_entropy(outputs, targets, reduction="none")
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        idx, x, y = batch
+        out = self(x)
+        loss = self.valuation_loss(self.per_sample_loss(out, y), idx, inputs=x, outputs=out, targets=y)
+        self.log("train_loss", loss.detach(), prog_bar=True, on_step=False, on_epoch=True)
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.lr)

@@ -1,0 +1,200 @@
+"""LossVal through real Trainer.fit runs: logging, export, resume, optimizer stepping, detection."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from helpers import MLP, digits_split, loader, resumable_loader, seeded, trainer_kwargs
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import (
+    STORE_EVERYTHING_SIZE_GUIDANCE,
+    EventAccumulator,
+)
+
+from lightning_dv import DataValuation, DataValues, LossVal, detection_auroc
+from lightning_dv.datasets import make_split
+
+
+@pytest.fixture(scope="module")
+def small():
+    return make_split("breast_cancer", noise=0.1, seed=0)
+
+
+def fit(split, epochs=2, callback_kwargs=None, objective_kwargs=None, model=None, loader_=None, **trainer_kw):
+    seeded(0)
+    model = model or MLP(split.x_train.shape[1], max(split.num_classes, 1))
+    cb = DataValuation(
+        LossVal(validation=(split.x_valid, split.y_valid), **(objective_kwargs or {})),
+        **(callback_kwargs or {}),
+    )
+    trainer = L.Trainer(max_epochs=epochs, callbacks=[cb], **trainer_kwargs(**trainer_kw))
+    trainer.fit(model, loader_ or loader(split.x_train, split.y_train))
+    return cb, trainer, model
+
+
+def test_tensorboard_histogram_every_epoch_and_export(tmp_path, small):
+    logger = TensorBoardLogger(str(tmp_path), name="tb")
+    out = tmp_path / "values.parquet"
+    cb, trainer, model = fit(
+        small, epochs=3, logger=logger, callback_kwargs={"export_path": out, "known_noisy": small.noisy}
+    )
+    acc = EventAccumulator(logger.log_dir, size_guidance=STORE_EVERYTHING_SIZE_GUIDANCE)
+    acc.Reload()
+    hist = acc.Histograms("data_values/lossval/histogram")
+    assert [h.step for h in hist] == [0, 1, 2]
+    assert all(h.histogram_value.num == len(small.x_train) for h in hist)
+    for tag in ("mean", "std", "detection_f1", "detection_auroc", "fraction_negative"):
+        assert len(acc.Scalars(f"data_values/lossval/{tag}")) == 3
+    assert "data_values/lossval/trajectories" in acc.Tags()["images"]
+    back = DataValues.load(out)
+    np.testing.assert_allclose(back.values, cb.values.values)
+    np.testing.assert_allclose(back.values, model.dv_state.weights.all().numpy(), rtol=1e-6)
+    assert back.trajectory.shape == (3, len(small.x_train))
+    np.testing.assert_allclose(back.trajectory[-1], back.values, rtol=1e-6)
+    assert sorted(back.index.tolist()) == list(range(len(small.x_train)))
+
+
+def test_weights_leave_user_optimizer_and_change(small):
+    cb, trainer, model = fit(small, epochs=1)
+    ours = {id(p) for p in model.dv_state.parameters()}
+    for group in trainer.optimizers[0].param_groups:
+        assert not any(id(p) in ours for p in group["params"])
+    batches = math.ceil(len(small.x_train) / 32)
+    assert cb.optimizer_steps == batches
+    assert not np.allclose(cb.values.values, 1.0)
+
+
+def test_other_loggers_get_scalars_and_one_warning(tmp_path, small):
+    logger = CSVLogger(str(tmp_path))
+    with pytest.warns(UserWarning, match="cannot show histograms"):
+        fit(small, epochs=2, logger=logger)
+    import pandas as pd
+
+    metrics = pd.read_csv(f"{logger.log_dir}/metrics.csv")
+    assert metrics["data_values/lossval/mean"].notna().sum() == 2
+
+
+def test_resume_equals_uninterrupted(tmp_path, small):
+    def run(epochs, ckpt=None, callbacks=()):
+        seeded(0)
+        model = MLP(small.x_train.shape[1], small.num_classes)
+        cb = DataValuation(LossVal(validation=(small.x_valid, small.y_valid)))
+        trainer = L.Trainer(
+            max_epochs=epochs,
+            callbacks=[cb, *callbacks],
+            **trainer_kwargs(enable_checkpointing=True, default_root_dir=tmp_path / "root"),
+        )
+        trainer.fit(model, resumable_loader(small.x_train, small.y_train), ckpt_path=ckpt)
+        return cb, model
+
+    full, full_model = run(6)
+    ckpt_cb = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    run(3, callbacks=[ckpt_cb])
+    resumed, resumed_model = run(6, ckpt=str(tmp_path / "last.ckpt"))
+    np.testing.assert_allclose(resumed.values.values, full.values.values, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(resumed.values.trajectory, full.values.trajectory, rtol=1e-5, atol=1e-6)
+    assert resumed.optimizer_steps == full.optimizer_steps
+    for (n, p), (_, q) in zip(full_model.named_parameters(), resumed_model.named_parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_plain_load_from_checkpoint_with_strict_false(tmp_path, small):
+    ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    seeded(0)
+    model = MLP(small.x_train.shape[1], small.num_classes)
+    cb = DataValuation(LossVal(validation=(small.x_valid, small.y_valid)))
+    trainer = L.Trainer(max_epochs=1, callbacks=[cb, ckpt], **trainer_kwargs(enable_checkpointing=True))
+    trainer.fit(model, loader(small.x_train, small.y_train))
+    loaded = MLP.load_from_checkpoint(tmp_path / "last.ckpt", strict=False)
+    torch.testing.assert_close(loaded.net[0].weight, model.net[0].weight)
+    sd = torch.load(tmp_path / "last.ckpt", weights_only=False)["state_dict"]
+    torch.testing.assert_close(sd["dv_state.weights.raw"], model.dv_state.weights.raw)
+
+
+def test_gradient_accumulation_steps_once_per_optimizer_step(small):
+    cb, _, _ = fit(small, epochs=2, accumulate_grad_batches=3)
+    batches = math.ceil(len(small.x_train) / 32)
+    assert cb.optimizer_steps == 2 * math.ceil(batches / 3)
+
+
+class ManualMLP(MLP):
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        opt = self.optimizers()
+        idx, x, y = batch
+        out = self(x)
+        loss = self.valuation_loss(self.per_sample_loss(out, y), idx, inputs=x)
+        opt.zero_grad()
+        self.manual_backward(loss)
+        opt.step()
+        return loss.detach()
+
+
+def test_manual_optimization_steps_weights(small):
+    model = ManualMLP(small.x_train.shape[1], small.num_classes)
+    cb, _, _ = fit(small, epochs=2, model=model)
+    assert cb.optimizer_steps == 2 * math.ceil(len(small.x_train) / 32)
+    assert not np.allclose(cb.values.values, 1.0)
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true"])
+def test_bf16_keeps_weights_fp32_and_steps_once(small, precision):
+    cb, _, model = fit(small, epochs=1, precision=precision)
+    assert model.dv_state.weights.raw.dtype == torch.float32
+    assert cb.optimizer_steps == math.ceil(len(small.x_train) / 32)
+    assert np.isfinite(cb.values.values).all() and not np.allclose(cb.values.values, 1.0)
+
+
+def test_regression_flags_corrupted_targets():
+    rng = np.random.default_rng(0)
+    s = make_split("diabetes", noise=0.0, noise_kind="feature", seed=0, n_train=300, n_valid=60, n_test=82)
+    y = (s.y_train - s.y_train.mean()) / s.y_train.std()
+    noisy = rng.choice(len(y), 30, replace=False)
+    y = y.astype(np.float32)
+    y[noisy] += rng.choice([-3.0, 3.0], 30).astype(np.float32)
+    yv = ((s.y_valid - s.y_train.mean()) / s.y_train.std()).astype(np.float32)
+    seeded(0)
+    model = MLP(s.x_train.shape[1], 1, regression=True)
+    cb = DataValuation(LossVal(validation=(s.x_valid, yv)))
+    L.Trainer(max_epochs=10, callbacks=[cb], **trainer_kwargs()).fit(model, loader(s.x_train, y))
+    assert detection_auroc(cb.values.values, noisy) > 0.8
+
+
+@pytest.mark.parametrize("constraint", ["softplus", "clamp"])
+def test_positive_constraints(small, constraint):
+    cb, _, _ = fit(small, epochs=3, objective_kwargs={"constraint": constraint, "lr": 0.1})
+    assert (cb.values.values >= 0).all()
+
+
+def test_uniform_mass_and_validation_subsample_run(small):
+    cb, _, _ = fit(small, epochs=1, objective_kwargs={"mass": "uniform", "validation_subsample": 20})
+    assert np.isfinite(cb.values.values).all()
+
+
+def test_digits_detection_auroc_above_0_9():
+    s = digits_split(0.1)
+    cb, _, _ = fit(s, epochs=8, callback_kwargs={"known_noisy": s.noisy})
+    assert detection_auroc(cb.values.values, s.noisy) > 0.9
+
+
+def test_ids_are_exported(tmp_path, small):
+    ids = [f"row-{i}" for i in range(len(small.x_train))]
+    out = tmp_path / "v.csv"
+    cb, _, _ = fit(
+        small,
+        epochs=1,
+        callback_kwargs={"export_path": out},
+        loader_=loader(small.x_train, small.y_train, ids=ids),
+    )
+    import pandas as pd
+
+    df = pd.read_csv(out)
+    assert df["id"].tolist() == ids and df["row"].tolist() == list(range(len(ids)))

@@ -1,0 +1,122 @@
+"""DataValues persistence and the detection metrics, against brute-force references."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from lightning_dv import DataValues, DetectionAUROC, DetectionF1, detection_auroc, kmeans_f1, two_means_split
+from lightning_dv.metrics import discovery_curve
+
+
+def brute_two_means(v):
+    best, best_low = np.inf, None
+    order = np.argsort(v, kind="stable")
+    for k in range(1, len(v)):
+        lo, hi = v[order[:k]], v[order[k:]]
+        sse = ((lo - lo.mean()) ** 2).sum() + ((hi - hi.mean()) ** 2).sum()
+        if sse < best - 1e-12:
+            best, best_low = sse, order[:k]
+    mask = np.zeros(len(v), bool)
+    mask[best_low] = True
+    return mask
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_two_means_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    v = np.concatenate([rng.normal(0, 1, 30), rng.normal(4, 1, 10)])
+    assert np.array_equal(two_means_split(v).numpy(), brute_two_means(v))
+
+
+def test_f1_and_auroc_against_references():
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=200)
+    noisy = rng.choice(200, 20, replace=False)
+    v[noisy] -= 1.5
+    truth = np.zeros(200, bool)
+    truth[noisy] = True
+    pred = brute_two_means(v)
+    f1 = 2 * (pred & truth).sum() / (pred.sum() + truth.sum())
+    assert kmeans_f1(v, noisy) == pytest.approx(f1)
+    assert detection_auroc(v, noisy) == pytest.approx(roc_auc_score(truth, -v))
+    m1, m2 = DetectionF1(), DetectionAUROC()
+    # rows arrive in two chunks with one duplicated row (as DistributedSampler padding would do)
+    rows = np.arange(200)
+    for sl in (slice(0, 120), slice(119, 200)):
+        m1.update(torch.tensor(v[sl]), torch.tensor(truth[sl]), torch.tensor(rows[sl]))
+        m2.update(torch.tensor(v[sl]), torch.tensor(truth[sl]), torch.tensor(rows[sl]))
+    assert float(m1.compute()) == pytest.approx(f1)
+    assert float(m2.compute()) == pytest.approx(roc_auc_score(truth, -v))
+
+
+def test_discovery_curve_counts_noisy_rows_in_lowest_fraction():
+    v = np.arange(10.0)
+    curve = discovery_curve(v, [0, 1, 9], fractions=[0.1, 0.2, 1.0])
+    assert curve.tolist() == pytest.approx([1 / 3, 2 / 3, 1.0])
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".npz"])
+def test_save_load_roundtrip(tmp_path, suffix):
+    rng = np.random.default_rng(0)
+    dv = DataValues(
+        rng.normal(size=7),
+        method="m",
+        ids=[f"id{i}" for i in range(7)],
+        columns={"cg_score": rng.random(7)},
+        trajectory=rng.normal(size=(3, 7)),
+    )
+    back = DataValues.load(dv.save(tmp_path / f"v{suffix}"))
+    np.testing.assert_allclose(back.values, dv.values)
+    np.testing.assert_array_equal(back.index, dv.index)
+    assert [str(i) for i in back.ids] == [str(i) for i in dv.ids]
+    np.testing.assert_allclose(back.columns["cg_score"], dv.columns["cg_score"])
+    np.testing.assert_allclose(back.trajectory, dv.trajectory)
+
+
+def test_lowest_highest_and_long_trajectory():
+    dv = DataValues([3.0, -1.0, 2.0, 0.0], trajectory=np.arange(8.0).reshape(2, 4))
+    assert dv.lowest(2).index.tolist() == [1, 3]
+    assert dv.highest(1).index.tolist() == [0]
+    long = dv.trajectory_long()
+    assert list(long.columns) == ["row", "epoch", "value"] and len(long) == 8
+    assert long.query("row == 2 and epoch == 2")["value"].item() == 6.0
+
+
+def test_failed_write_keeps_previous_file(tmp_path):
+    from lightning_dv.export import atomic_write
+
+    path = tmp_path / "v.npz"
+    DataValues([1.0, 2.0]).save(path)
+    before = path.read_bytes()
+
+    def half_then_crash(tmp):
+        tmp.write_bytes(b"partial")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(path, half_then_crash)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["v.npz"]  # no temporary file left behind
+
+
+def test_bad_export_paths(tmp_path):
+    with pytest.raises(ValueError, match="unsupported extension"):
+        DataValues([1.0]).save(tmp_path / "v.txt")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(PermissionError, match="cannot create the folder"):
+        DataValues([1.0]).save(blocker / "sub" / "v.csv")
+
+
+def test_brute_force_helper_is_exhaustive():
+    # sanity of the reference itself on a tiny case: compare with full enumeration of splits
+    v = np.array([0.0, 0.2, 3.0, 3.1, 0.1])
+    masks = [np.isin(np.arange(5), c) for k in range(1, 5) for c in itertools.combinations(range(5), k)]
+    sse = [((v[m] - v[m].mean()) ** 2).sum() + ((v[~m] - v[~m].mean()) ** 2).sum() for m in masks]
+    best = masks[int(np.argmin(sse))]
+    assert np.array_equal(brute_two_means(v), best if best[0] else ~best)
