@@ -4,6 +4,9 @@ detection of flipped labels, memory errors, and the Lightning callback in a real
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import lightning as L
 import numpy as np
@@ -343,3 +346,50 @@ def test_callback_refuses_batches_without_row_index():
     )
     with pytest.raises(TypeError, match="IndexedDataset"):
         trainer.fit(TinyModel(3, 2), DataLoader(TensorDataset(x, y), batch_size=8))
+
+
+DDP_SCRIPT = """
+import sys, numpy as np, torch, lightning as L
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+from lightning_dv.complexity_gap import ComplexityGapValuation
+from lightning_dv.data import IndexedDataset
+
+class Tiny(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Linear(4, 3)
+    def training_step(self, batch, batch_idx):
+        return nn.functional.cross_entropy(self.net(batch[1]), batch[2])
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+out = sys.argv[1]
+g = torch.Generator().manual_seed(0)
+x, y = torch.randn(51, 4, generator=g), torch.arange(51) % 3   # 51 rows: the sampler pads rank 1
+cb = ComplexityGapValuation(export_path=out + "/cg.npz", seed=2)
+trainer = L.Trainer(strategy="ddp", devices=2, accelerator="cpu", max_epochs=1, callbacks=[cb], logger=False,
+                    enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+trainer.fit(Tiny(), DataLoader(IndexedDataset(TensorDataset(x, y)), batch_size=8, shuffle=True))
+v = cb.values.sorted_by_row()
+np.savez(out + f"/rank{trainer.global_rank}.npz", row=v.index, value=v.values)
+"""
+
+
+def test_callback_under_ddp_gathers_every_shard(tmp_path):
+    """Two CPU ranks (gloo), each sees half the rows: both must hold the full-set scores."""
+    script = tmp_path / "ddp_cg.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=240, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(51, 4, generator=g), torch.arange(51) % 3
+    ref = complexity_gap(x, y, seed=2).values
+    for rank in (0, 1):
+        got = np.load(tmp_path / f"rank{rank}.npz")
+        assert got["row"].tolist() == list(range(51))
+        np.testing.assert_allclose(got["value"], ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(DataValues.load(tmp_path / "cg.npz").sorted_by_row().values, ref, rtol=1e-12)
