@@ -1,0 +1,328 @@
+"""NDDV objective and ControlledDynamicsNet: real fits through the DataValuation callback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import MLP, digits_split, loader, seeded, trainer_kwargs
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
+
+from lightning_dv import DataValuation, DataValuationMixin
+from lightning_dv.metrics import detection_auroc, two_means_split
+from lightning_dv.models import ControlledDynamicsNet
+from lightning_dv.objectives.base import ValuationStep
+from lightning_dv.objectives.nddv import (
+    NDDV,
+    marginal_calibration,
+    robust_squash,
+    state_costate_value,
+    terminal_probabilities,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def split():
+    return digits_split(0.1)
+
+
+@pytest.fixture(scope="module")
+def clean_meta():
+    s = digits_split(0.0)  # same rows as `split`'s validation part, clean labels
+    return s.x_valid, s.y_valid
+
+
+def fit(model, objective, x, y, epochs=2, batch_size=32, shuffle=True, **kw):
+    cb = DataValuation(objective)
+    trainer = L.Trainer(max_epochs=epochs, callbacks=[cb], **trainer_kwargs(**kw))
+    trainer.fit(model, loader(x, y, batch_size=batch_size, shuffle=shuffle))
+    return cb.values, trainer
+
+
+# -- the value --------------------------------------------------------------------------------
+def test_value_is_state_times_costate_of_each_rows_own_terminal_cost():
+    """Closed form == autograd of sum_i Phi_i w.r.t. X_T (each row's cost depends on its own state only)."""
+    torch.manual_seed(0)
+    probs = torch.softmax(torch.randn(7, 4), 1).requires_grad_(True)
+    y = torch.randint(0, 4, (7,))
+    w = torch.rand(7) + 0.5
+    phi = (w * F.cross_entropy(probs, y, reduction="none")).sum()
+    costate = torch.autograd.grad(phi, probs)[0]
+    expected = -(probs.detach() * costate).mean(1)
+    got = state_costate_value(probs.detach(), F.one_hot(y, 4).float(), w)
+    torch.testing.assert_close(got, expected)
+    # marginal calibration: v_i minus the mean of the OTHER rows
+    v = torch.tensor([1.0, 2.0, 6.0])
+    torch.testing.assert_close(marginal_calibration(v), torch.tensor([1 - 4.0, 2 - 3.5, 6 - 1.5]))
+
+
+def test_robust_calibration_one_outlier_does_not_own_a_cluster():
+    g = torch.Generator().manual_seed(0)
+    bulk = torch.randn(1000, generator=g)
+    noisy = torch.randn(100, generator=g) * 0.3 - 4.0  # a real low cluster
+    for outlier in (1e6, -1e6):
+        v = torch.cat([bulk, noisy, torch.tensor([outlier])])
+        assert int(two_means_split(v).sum()) in (1, len(v) - 1)  # raw: the outlier owns a cluster
+        low = two_means_split(robust_squash(v, 5.0))
+        assert bool(low[1000:1100].all()) and 100 < int(low.sum()) < 400  # the noisy cluster, not the outlier
+        assert bool((robust_squash(v, 5.0).argsort() == v.argsort()).all())  # ranks kept
+
+
+def test_binary_single_logit_and_soft_labels():
+    p = terminal_probabilities(torch.tensor([0.0, 2.0]))
+    torch.testing.assert_close(p.sum(1), torch.ones(2))
+    assert p.shape == (2, 2) and float(p[1, 1]) > 0.8
+
+
+def test_value_does_not_depend_on_batch_size(split):
+    """Same frozen model, same rows, batch 16 vs 64: identical per-row values (the authors' scale with 1/B)."""
+    out = []
+    for bs in (16, 64):
+        seeded(0)
+        model = MLP(64, 10, lr=0.0)  # Adam with lr 0: the model stays at its (seeded) init
+        values, _ = fit(model, NDDV(lr=1e-12), split.x_train[:256], split.y_train[:256], 1, bs)
+        out.append(values)
+    np.testing.assert_allclose(
+        out[0].columns["nddv_state_costate"], out[1].columns["nddv_state_costate"], atol=1e-7
+    )
+    np.testing.assert_allclose(out[0].values, out[1].values, atol=1e-5)
+    assert np.ptp(out[0].values) > 0.5  # not trivially constant
+
+
+def test_detects_label_noise_on_digits_and_records_trajectories(split, tmp_path):
+    seeded(0)
+    model = MLP(64, 10)
+    path = tmp_path / "nddv.csv"
+    cb = DataValuation(NDDV(), export_path=path, known_noisy=split.noisy)
+    trainer = L.Trainer(max_epochs=5, callbacks=[cb], **trainer_kwargs())
+    trainer.fit(model, loader(split.x_train, split.y_train))
+    dv = cb.values
+    assert detection_auroc(dv.values, split.noisy) > 0.9
+    assert dv.trajectory.shape == (5, 1000)  # one entry per row per epoch
+    assert not np.allclose(dv.trajectory[0], dv.trajectory[-1])
+    np.testing.assert_allclose(dv.trajectory[-1], dv.values, atol=1e-6)
+    assert bool((model.dv_state.seen == 1).all())
+    assert {"nddv_state_costate", "nddv_marginal", "nddv_weight"} <= set(dv.columns)
+    # the learned weights went down for the noisy rows
+    w = dv.columns["nddv_weight"]
+    assert w[split.noisy].mean() < np.delete(w, split.noisy).mean()
+    # mean field: the weighted mean of the terminal states, a distribution over the 10 classes
+    mu = model.dv_state.mean_field.detach()
+    assert mu.shape == (10,) and abs(float(mu.sum()) - 1) < 1e-5
+    import pandas as pd
+
+    table = pd.read_csv(path)
+    assert len(table) == 1000 and "nddv_state_costate" in table.columns
+
+
+def test_regression_is_refused_clearly(split):
+    model = MLP(64, 1, regression=True)
+    with pytest.raises(ValueError, match="regression"):
+        fit(model, NDDV(), split.x_train[:64], split.y_train[:64].astype(np.float32), 1)
+
+
+def test_outputs_are_required():
+    class NoOutputs(MLP):
+        def training_step(self, batch, batch_idx):
+            idx, x, y = batch
+            return self.valuation_loss(F.cross_entropy(self(x), y, reduction="none"), idx)
+
+    x, y = np.random.default_rng(0).normal(size=(32, 4)).astype(np.float32), np.arange(32) % 3
+    with pytest.raises(ValueError, match="outputs=logits"):
+        fit(NoOutputs(4, 3), NDDV(), x, y, 1)
+
+
+def test_meta_weighting_needs_a_meta_set():
+    with pytest.raises(ValueError, match="meta=\\(x_meta, y_meta\\)"):
+        NDDV(weighting="meta")
+
+
+# -- the weight network (bi-level) ------------------------------------------------------------
+def test_meta_gradient_matches_finite_differences():
+    """The weight network really receives d meta_loss / d phi (the authors' never trains): float64 check."""
+    torch.manual_seed(0)
+    model = MLP(5, 3, hidden=8).double()
+    x, y = torch.randn(16, 5, dtype=torch.float64), torch.randint(0, 3, (16,))
+    xm, ym = torch.randn(20, 5, dtype=torch.float64), torch.randint(0, 3, (20,))
+    objective = NDDV(weighting="meta", meta=(xm, ym), pseudo_lr=0.5, hidden=4, meta_loss=F.cross_entropy)
+    state = objective.build(16)
+    state.weight_net.double()
+    out = model(x)
+    step = ValuationStep(F.cross_entropy(out, y, reduction="none"), torch.arange(16), x, out, y, model)
+    grads, _ = objective.meta_gradient(state, step)
+    first = state.weight_net.net[0].weight  # (4, 1): each entry reshapes the weight-vs-loss curve
+    assert float(grads[0].abs().max()) > 1e-6
+    h = 1e-5
+    for j in range(first.shape[0]):
+        losses = []
+        for sign in (1, -1):
+            with torch.no_grad():
+                first[j, 0] += sign * h
+            losses.append(float(objective.meta_gradient(state, step)[1]))
+            with torch.no_grad():
+                first[j, 0] -= sign * h
+        fd = (losses[0] - losses[1]) / (2 * h)
+        assert abs(float(grads[0][j, 0]) - fd) <= 1e-4 * abs(fd) + 1e-9, (j, float(grads[0][j, 0]), fd)
+
+
+def test_weight_network_trains_during_fit(split, clean_meta):
+    class Snapshot(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            self.before = {k: v.clone() for k, v in pl_module.dv_state.weight_net.state_dict().items()}
+
+    seeded(0)
+    model, snap = MLP(64, 10), Snapshot()
+    cb = DataValuation(NDDV(weighting="meta", meta=clean_meta, lr=0.01))
+    trainer = L.Trainer(max_epochs=2, callbacks=[cb, snap], **trainer_kwargs())
+    trainer.fit(model, loader(split.x_train, split.y_train))
+    values, state, before = cb.values, model.dv_state, snap.before
+    assert int(state.meta_steps) == trainer.global_step == 64
+    after = state.weight_net.state_dict()
+    assert any(not torch.allclose(before[k], after[k]) for k in before)
+    w = state.weight_net(torch.tensor([0.01, 1.0, 5.0]))
+    assert float(w.max() - w.min()) > 1e-3  # a non-constant function of the loss
+    assert detection_auroc(values.values, split.noisy) > 0.85
+
+
+# -- resume -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("weighting", ["softplus", "meta"])
+def test_resume_reproduces_uninterrupted_values(weighting, split, clean_meta, tmp_path):
+    x, y = split.x_train[:320], split.y_train[:320]
+
+    def objective():
+        return NDDV(weighting=weighting, meta=clean_meta if weighting == "meta" else None, meta_batch_size=50)
+
+    seeded(0)
+    full, _ = fit(MLP(64, 10), objective(), x, y, 4, shuffle=False)
+    seeded(0)
+    ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    cb = DataValuation(objective())
+    L.Trainer(max_epochs=2, callbacks=[cb, ckpt], **trainer_kwargs(enable_checkpointing=True)).fit(
+        MLP(64, 10), loader(x, y, shuffle=False)
+    )
+    seeded(123)  # the resumed fit must not depend on the global seed
+    cb2 = DataValuation(objective())
+    L.Trainer(max_epochs=4, callbacks=[cb2], **trainer_kwargs()).fit(
+        MLP(64, 10), loader(x, y, shuffle=False), ckpt_path=tmp_path / "last.ckpt"
+    )
+    resumed = cb2.values
+    np.testing.assert_allclose(resumed.values, full.values, atol=1e-5)
+    np.testing.assert_allclose(resumed.trajectory, full.trajectory, atol=1e-5)
+    np.testing.assert_allclose(resumed.columns["nddv_weight"], full.columns["nddv_weight"], atol=1e-6)
+
+
+# -- the paper's model ------------------------------------------------------------------------
+def test_controlled_dynamics_fresh_noise_each_step_and_none_in_eval():
+    torch.manual_seed(0)
+    net = ControlledDynamicsNet(3, 2, steps=3, sigma=0.5, interaction=0.0)
+    for control in net.controls:  # zero controls: each step adds only sigma * dW_t
+        nn.init.zeros_(control[-1].weight)
+        nn.init.zeros_(control[-1].bias)
+    x = torch.randn(200, 3)
+    states = net.trajectory(x)
+    increments = [b - a for a, b in zip(states, states[1:])]
+    for inc in increments:  # dW_t ~ N(0, dt): sigma * sqrt(dt) = 0.5 / sqrt(3)
+        assert abs(float(inc.std()) - 0.5 / 3**0.5) < 0.03
+    assert not torch.allclose(increments[0], increments[1])  # fresh every step
+    assert not torch.allclose(net.trajectory(x)[1], states[1])  # and every pass
+    net.eval()
+    torch.testing.assert_close(net(x), net(x))
+    torch.testing.assert_close(net.trajectory(x)[-1], x)  # no control, no drift, no noise
+    net.interaction = 1.0
+    net.set_mean_field(torch.ones(3))
+    assert float((net.trajectory(x)[-1] - x).mean()) > 0  # drift a * (mu - X) pulls towards mu
+
+
+class DynamicsClassifier(DataValuationMixin, L.LightningModule):
+    def __init__(self, d_in, n_classes):
+        super().__init__()
+        self.net = ControlledDynamicsNet(d_in, n_classes)
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        idx, x, y = batch
+        out = self(x)
+        return self.valuation_loss(F.cross_entropy(out, y, reduction="none"), idx, outputs=out, targets=y)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=0.01)
+
+
+def test_controlled_dynamics_end_to_end_updates_its_mean_field(split, clean_meta):
+    seeded(0)
+    model = DynamicsClassifier(64, 10)
+    values, _ = fit(
+        model, NDDV(weighting="meta", meta=clean_meta, interaction=0.0), split.x_train, split.y_train, 3
+    )
+    mu = model.net.mean_field
+    assert float(mu.abs().sum()) > 0
+    # the weighted mean of the terminal states of the last epoch: recompute it for an eval-mode
+    # pass is not exact (noise, BatchNorm), but it must be of the terminal states' scale
+    model.eval()
+    with torch.no_grad():
+        model(torch.as_tensor(split.x_train))
+    ref = model.net.terminal_state.mean(0)
+    assert float((mu - ref).norm()) < 0.5 * float(ref.norm()) + 0.5
+    assert detection_auroc(values.values, split.noisy) > 0.85
+
+
+# -- DDP ---------------------------------------------------------------------------------------
+DDP_SCRIPT = """
+import sys, numpy as np, torch, lightning as L
+sys.path.insert(0, {tests!r})
+from helpers import MLP, loader, seeded
+from lightning_dv import DataValuation
+from lightning_dv.objectives.nddv import NDDV
+
+out, devices = sys.argv[1], int(sys.argv[2])
+g = torch.Generator().manual_seed(0)
+x = torch.randn(103, 6, generator=g)          # 103 rows: the sampler pads, ranks see 52 and 52
+y = (torch.arange(103) % 3)
+seeded(0)
+model = MLP(6, 3, lr=0.0)                      # frozen model: values depend only on the rows
+cb = DataValuation(NDDV(lr=1e-12))
+kw = dict(strategy="ddp") if devices > 1 else {{}}
+trainer = L.Trainer(devices=devices, accelerator="cpu", max_epochs=2, callbacks=[cb], logger=False,
+                    enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, **kw)
+trainer.fit(model, loader(x.numpy(), y.numpy(), batch_size=8, shuffle=True))
+st = model.dv_state
+np.savez(out + f"/d{{devices}}_rank{{trainer.global_rank}}.npz", values=cb.values.values,
+         raw=st.raw_value.detach().numpy(), mu=st.mean_field.detach().numpy(), seen=st.seen.detach().numpy())
+"""
+
+
+def test_ddp_values_and_mean_field_match_single_rank(tmp_path):
+    """Two gloo ranks: identical state on both, every row once, equal to the single-process run."""
+    script = tmp_path / "ddp_nddv.py"
+    script.write_text(DDP_SCRIPT.format(tests=str(ROOT / "tests")))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    for devices in (2, 1):
+        proc = subprocess.run(
+            [sys.executable, str(script), str(tmp_path), str(devices)],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env=env,
+            cwd=tmp_path,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    single = np.load(tmp_path / "d1_rank0.npz")
+    ranks = [np.load(tmp_path / f"d2_rank{r}.npz") for r in (0, 1)]
+    for got in ranks:
+        assert got["seen"].min() == 1.0  # every row reported
+        np.testing.assert_allclose(got["raw"], single["raw"], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(got["mu"], single["mu"], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(got["values"], single["values"], atol=1e-5)
+    np.testing.assert_array_equal(ranks[0]["mu"], ranks[1]["mu"])
