@@ -126,8 +126,8 @@ def make_split(
 ) -> Split:
     """One benchmark split: train / valid / test, noise on train AND valid (OpenDataVal's protocol).
 
-    Small datasets are split proportionally (train:valid:test kept at n_train:n_valid:n_test
-    when the dataset has fewer rows than their sum). Features are standardised with the
+    Small datasets (fewer rows than n_train + n_valid + n_test) give up test rows first, down to
+    30% of the rows; train and valid share the rest in the n_train:n_valid proportion. Features are standardised with the
     training part's mean and standard deviation before feature noise is added.
 
     Args:
@@ -141,7 +141,7 @@ def make_split(
     Example:
         >>> s = make_split("breast_cancer", noise=0.1, seed=0)
         >>> len(s.x_train), len(s.x_valid), len(s.noisy)
-        (138, 13, 14)
+        (363, 36, 36)
     """
     if noise_kind not in ("label", "feature", "mixed"):
         raise ValueError(f"`noise_kind` must be 'label', 'feature' or 'mixed'; got {noise_kind!r}.")
@@ -151,9 +151,12 @@ def make_split(
     n = len(x)
     total = n_train + n_valid + n_test
     if n < total:
-        scale = n / total
-        n_train, n_valid = int(n_train * scale), max(int(n_valid * scale), 2)
-        n_test = n - n_train - n_valid
+        # Small sets: the test part shrinks first (down to 30% of the rows), then train and valid
+        # share the rest in the protocol's 1000:100 proportion.
+        n_test = max(n - n_train - n_valid, int(0.3 * n))
+        rest = n - n_test
+        n_valid = max(int(round(rest * n_valid / (n_train + n_valid))), 2)
+        n_train = rest - n_valid
     perm = rng.permutation(n)
     tr, va, te = (
         perm[:n_train],
