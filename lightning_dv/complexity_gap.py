@@ -263,35 +263,35 @@ def complexity_gap(
         bad = torch.nonzero(~torch.isfinite(xn).all(1)).reshape(-1)[:10].tolist()
         raise ValueError(f"`features` hold NaN or inf values (rows {bad}...); clean or impute them first.")
 
-    groups, conflicts = _duplicate_groups(xn, codes)
-    duplicate_of = torch.full((n,), -1, dtype=torch.long)
-    for g in groups:
-        duplicate_of[g] = int(g[0])
-    merged = torch.zeros(n, dtype=torch.bool)
+    duplicate_of, conflicted = _duplicates(xn, codes)
+    merged = duplicate_of >= 0
+    heads = torch.unique(duplicate_of[merged])  # one head (first row) per duplicate group
     exclude = None
-    if groups:
-        shown = "; ".join(
-            f"rows {g.tolist()} (labels {sorted({_item(classes[int(c)]) for c in codes[g]}, key=str)})"
-            for g in groups[:5]
-        )
-        more = f" and {len(groups) - 5} more groups" if len(groups) > 5 else ""
-        if ridge == 0 and conflicts:
-            first = "; ".join(f"rows {g.tolist()}" for g in conflicts[:5])
+    if len(heads):
+
+        def describe(head: int) -> str:
+            rows = torch.nonzero(duplicate_of == head).reshape(-1)
+            names = sorted({_item(classes[int(c)]) for c in codes[rows]}, key=str)
+            return f"rows {rows.tolist()} (labels {names})"
+
+        bad = torch.unique(duplicate_of[conflicted])
+        if ridge == 0 and len(bad):
             raise ValueError(
-                f"{len(conflicts)} groups of rows have identical (normalised) features but different labels: "
-                f"{first}. Their complexity gap is infinite without a ridge. Pass ridge=1e-3 (changes every "
-                "score slightly; the conflicting rows then score highest) or remove / relabel those rows."
+                f"{len(bad)} groups of rows have identical (normalised) features but different labels: "
+                f"{'; '.join(describe(int(h)) for h in bad[:5])}. Their complexity gap is infinite without a "
+                "ridge. Pass ridge=1e-3 (changes every score slightly; the conflicting rows then score highest) "
+                "or remove / relabel those rows."
             )
         if ridge == 0:
-            for g in groups:
-                merged[g] = True
-            exclude = torch.cat([g[1:] for g in groups])
+            exclude = torch.nonzero(merged & (duplicate_of != torch.arange(n))).reshape(-1)
             action = "each group is kept once and all its rows score CG = 0 (the exact ridge -> 0 limit)"
         else:
+            merged = torch.zeros_like(merged)
             action = f"they stay in, regularised by ridge={ridge}"
+        more = f" and {len(heads) - 5} more groups" if len(heads) > 5 else ""
         warnings.warn(
-            f"complexity_gap: {len(groups)} groups of rows have identical (normalised) features: {shown}{more}; "
-            f"{action}.",
+            f"complexity_gap: {len(heads)} groups of rows have identical (normalised) features: "
+            f"{'; '.join(describe(int(h)) for h in heads[:5])}{more}; {action}.",
             UserWarning,
             stacklevel=2,
         )
@@ -350,7 +350,7 @@ def complexity_gap(
             "ridge": ridge,
             "subsample": subsample,
             "problems": len(problems),
-            "duplicate_groups": len(groups),
+            "duplicate_groups": len(heads),
             "seconds": time.perf_counter() - start,
         },
     )
@@ -554,20 +554,22 @@ def _normalise(x: Tensor) -> Tensor:
 DUPLICATE_GRID = 2.0**-32
 
 
-def _duplicate_groups(xn: Tensor, codes: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-    """Groups (sorted CPU row tensors) of duplicate normalised rows, and those with mixed labels."""
+def _duplicates(xn: Tensor, codes: Tensor) -> tuple[Tensor, Tensor]:
+    """Duplicate normalised rows: each row's group head (its first row) or -1, and mixed-label rows.
+
+    Vectorised (no per-group loop), so datasets with many duplicates stay cheap.
+    """
+    n = len(codes)
     keys = torch.round(xn / DUPLICATE_GRID)
     _, inverse, counts = torch.unique(keys, dim=0, return_inverse=True, return_counts=True)
-    if int(counts.max()) < 2:
-        return [], []
-    inverse = inverse.cpu()
-    dup_ids = torch.nonzero(counts.cpu() > 1).reshape(-1)
-    groups = []
-    for u in dup_ids.tolist():
-        groups.append(torch.nonzero(inverse == u).reshape(-1))
-    groups.sort(key=lambda g: int(g[0]))
-    conflicts = [g for g in groups if len(torch.unique(codes[g])) > 1]
-    return groups, conflicts
+    inverse, counts = inverse.cpu(), counts.cpu()
+    u = len(counts)
+    head = torch.full((u,), n, dtype=torch.long).scatter_reduce(0, inverse, torch.arange(n), "amin")
+    lo = torch.full((u,), n, dtype=torch.long).scatter_reduce(0, inverse, codes, "amin")
+    hi = torch.full((u,), -1, dtype=torch.long).scatter_reduce(0, inverse, codes, "amax")
+    dup = (counts > 1)[inverse]
+    duplicate_of = torch.where(dup, head[inverse], torch.full_like(inverse, -1))
+    return duplicate_of, dup & (lo != hi)[inverse]
 
 
 class ComplexityGapValuation(Callback):
