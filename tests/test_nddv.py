@@ -23,7 +23,8 @@ from lightning_dv.objectives.base import ValuationStep
 from lightning_dv.objectives.nddv import (
     NDDV,
     marginal_calibration,
-    robust_squash,
+    robust_clip,
+    robust_score,
     state_costate_value,
     terminal_probabilities,
 )
@@ -70,18 +71,51 @@ def test_robust_calibration_one_outlier_does_not_own_a_cluster():
     g = torch.Generator().manual_seed(0)
     bulk = torch.randn(1000, generator=g)
     noisy = torch.randn(100, generator=g) * 0.3 - 4.0  # a real low cluster
+    fence = 0.5 * 1101**0.5
     for outlier in (1e6, -1e6):
         v = torch.cat([bulk, noisy, torch.tensor([outlier])])
         assert int(two_means_split(v).sum()) in (1, len(v) - 1)  # raw: the outlier owns a cluster
-        low = two_means_split(robust_squash(v, 5.0))
-        assert bool(low[1000:1100].all()) and 100 < int(low.sum()) < 400  # the noisy cluster, not the outlier
-        assert bool((robust_squash(v, 5.0).argsort() == v.argsort()).all())  # ranks kept
+        calibrated = robust_clip(v)
+        low = two_means_split(calibrated)
+        assert bool(low[1000:1100].all())  # the noisy cluster, not the outlier alone
+        assert int((low[:1100] != two_means_split(v[:1100])).sum()) <= 20  # ~ the split without the outlier
+        score = robust_score(v)
+        torch.testing.assert_close(calibrated[:1100], score[:1100].float())  # the bulk is untouched
+        assert abs(float(calibrated[-1])) == pytest.approx(fence)
 
 
 def test_binary_single_logit_and_soft_labels():
     p = terminal_probabilities(torch.tensor([0.0, 2.0]))
     torch.testing.assert_close(p.sum(1), torch.ones(2))
     assert p.shape == (2, 2) and float(p[1, 1]) > 0.8
+
+
+def test_epoch_aggregation_mean_and_last_by_hand():
+    """Two 'epochs' through build / loss / sync: 'mean' averages a row's values, 'last' keeps the latest."""
+    torch.manual_seed(0)
+    logits = [torch.randn(6, 3), torch.randn(6, 3)]
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    per_epoch = []
+    results = {}
+    for aggregate in ("mean", "last"):
+        objective = NDDV(aggregate=aggregate, calibration="marginal", interaction=0.0)
+        state = objective.build(6)
+        per_epoch = []
+        for z in logits:
+            for rows in (torch.arange(0, 3), torch.arange(3, 6)):  # two batches per epoch
+                out = z[rows].requires_grad_(True)
+                step = ValuationStep(
+                    F.cross_entropy(out, y[rows], reduction="none"), rows, None, out, y[rows]
+                )
+                objective.loss(state, step).backward()
+            objective.sync(state)
+            per_epoch.append(state.raw_value.detach().clone())
+        results[aggregate] = objective.raw_values(state)
+    torch.testing.assert_close(results["last"], per_epoch[1])
+    torch.testing.assert_close(results["mean"], (per_epoch[0] + per_epoch[1]) / 2)
+    # softplus weights start at 1, so the first epoch's raw value is the unweighted closed form
+    expected = state_costate_value(torch.softmax(logits[0], 1), F.one_hot(y, 3).float(), torch.ones(6))
+    torch.testing.assert_close(per_epoch[0], expected)
 
 
 def test_value_does_not_depend_on_batch_size(split):
@@ -111,8 +145,13 @@ def test_detects_label_noise_on_digits_and_records_trajectories(split, tmp_path)
     assert dv.trajectory.shape == (5, 1000)  # one entry per row per epoch
     assert not np.allclose(dv.trajectory[0], dv.trajectory[-1])
     np.testing.assert_allclose(dv.trajectory[-1], dv.values, atol=1e-6)
-    assert bool((model.dv_state.seen == 1).all())
-    assert {"nddv_state_costate", "nddv_marginal", "nddv_weight"} <= set(dv.columns)
+    assert bool((model.dv_state.seen == 5).all())  # every row seen once per epoch
+    assert {"nddv_state_costate", "nddv_state_costate_mean", "nddv_marginal", "nddv_weight"} <= set(
+        dv.columns
+    )
+    np.testing.assert_allclose(  # the default value aggregates the epochs: the mean of the per-epoch values
+        dv.columns["nddv_state_costate_mean"], model.dv_state.value_sum.detach().numpy() / 5, rtol=1e-6
+    )
     # the learned weights went down for the noisy rows
     w = dv.columns["nddv_weight"]
     assert w[split.noisy].mean() < np.delete(w, split.noisy).mean()
@@ -321,7 +360,7 @@ def test_ddp_values_and_mean_field_match_single_rank(tmp_path):
     single = np.load(tmp_path / "d1_rank0.npz")
     ranks = [np.load(tmp_path / f"d2_rank{r}.npz") for r in (0, 1)]
     for got in ranks:
-        assert got["seen"].min() == 1.0  # every row reported
+        assert (got["seen"] == 2.0).all()  # every row counted exactly once in each of the 2 epochs
         np.testing.assert_allclose(got["raw"], single["raw"], rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(got["mu"], single["mu"], rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(got["values"], single["values"], atol=1e-5)

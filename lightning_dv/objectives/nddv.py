@@ -44,17 +44,22 @@ parts of the method that need only the model's outputs, so it works on any Light
 
    The paper calibrates by the marginal contribution ``phi_i = v_i - mean_{j != i} v_j``. That
    map is affine and keeps the heavy tail, which lets one extreme row own a 2-means cluster, so
-   the exported value (``calibration="robust"``, the default) is ``tanh(z_i / squash)`` with
-   ``z_i`` the median/MAD standard score of ``phi_i``: ranks are kept, the bulk stays linear and
-   no row can move further than ``+-1``, i.e. ``squash`` bulk standard deviations. One isolated
-   row only forms its own 2-means cluster when its distance exceeds ``~0.8 sqrt(N)`` bulk standard
-   deviations, so ``squash=5`` protects every set above ~40 rows. Measured (benchmarks/bench_nddv.py,
-   digits / breast_cancer / gaussian, 10% and 20% label noise, 2 seeds): mean 2-means F1 0.531
-   raw, 0.511 / 0.526 / 0.534 with squash 3 / 5 / 10; a rank (quantile) transform is not an
-   option, it makes the values uniform and 2-means then cuts at the median.
+   the exported value (``calibration="robust"``, the default) is the median/MAD standard score
+   ``z_i`` of ``phi_i`` clipped to ``+-fence`` (default ``max(3, 0.5 sqrt(N))``): one isolated row
+   only forms its own 2-means cluster beyond ``~0.8 sqrt(N)`` bulk standard deviations, so no
+   outlier can, while the bulk, where the noisy rows sit, is left exactly as it is. Chosen by
+   measurement (benchmarks/bench_nddv.py; digits, breast_cancer, gaussian at 10% and 20% label
+   noise, 3 seeds): a bounded ``tanh(z / s)`` squash cost 2-means F1 everywhere (mean F1 0.594
+   unsquashed, 0.532 / 0.548 / 0.573 / 0.587 with s = 3 / 5 / 10 / 20) because it compresses the
+   low tail in which the noisy rows lie; a rank (quantile) transform makes the values uniform and
+   2-means then cuts at the median. The values are thus in robust standard deviations.
    ``calibration="marginal"`` exports ``phi_i`` as is.
    Values are recorded for every row every epoch (rows not seen in an epoch keep their last
-   value), so the callback records a trajectory per row.
+   value), so the callback records a trajectory per row. By default (``aggregate="mean"``) the
+   exported value averages ``v_i`` over the epochs seen: late in training a network memorises
+   noisy labels and their terminal value rises, and the average keeps the early evidence
+   (measured on digits 10% noise, 20 epochs: AUROC 0.957 with the last epoch's value, 0.99 with
+   the average).
 
 Classification only (integer labels, or soft labels of shape ``(B, K)``; a single binary logit
 is read as two classes); regression targets are refused with an error.
@@ -82,6 +87,7 @@ if TYPE_CHECKING:
 
 WEIGHTINGS = ("softplus", "meta")
 CALIBRATIONS = ("robust", "marginal")
+AGGREGATES = ("mean", "last")
 _EPS = 1e-12
 
 
@@ -163,26 +169,38 @@ def marginal_calibration(raw: Tensor) -> Tensor:
     return raw * (1 + 1 / (n - 1)) - raw.sum() / (n - 1)
 
 
-def robust_squash(x: Tensor, squash: float) -> Tensor:
-    """``tanh(z / squash)`` with ``z`` the median/MAD standard score: rank-preserving and bounded.
-
-    A heavy tail cannot own a 2-means cluster: every row lies in ``(-1, 1)`` and the bulk
-    (``|z| < squash``) is mapped almost linearly.
+def robust_score(x: Tensor) -> Tensor:
+    """Median/MAD standard score ``(x - median) / (1.4826 MAD)`` (the mean absolute deviation if MAD is 0).
 
     Example:
-        >>> v = torch.cat([torch.linspace(-1, 1, 99), torch.tensor([1e6])])
-        >>> out = robust_squash(v, 3.0)
-        >>> bool(out.max() < 1.0) and bool((out.argsort() == v.argsort()).all())
-        True
+        >>> robust_score(torch.tensor([1.0, 2.0, 3.0, 100.0])).round(decimals=2).tolist()
+        [-0.67, 0.0, 0.67, 66.1]
     """
     x = x.double()
     med = x.median()
     scale = 1.4826 * (x - med).abs().median()
-    if not scale > 0:  # more than half the rows tie: fall back to the mean absolute deviation
+    if not scale > 0:  # more than half the rows tie
         scale = (x - med).abs().mean()
     if not scale > 0:
-        return torch.zeros_like(x).float()
-    return torch.tanh((x - med) / (scale * squash)).float()
+        return torch.zeros_like(x)
+    return (x - med) / scale
+
+
+def robust_clip(x: Tensor, fence: float | None = None) -> Tensor:
+    """Robust standard score clipped to ``[-fence, fence]``: the bulk is untouched, no row can own a cluster.
+
+    A single row at distance ``d`` from ``n`` others of standard deviation ``s`` forms its own
+    2-means cluster only when ``d^2 > (2 / pi) n s^2``, i.e. ``d > ~0.8 sqrt(n) s``. The default
+    fence ``max(3, 0.5 sqrt(n))`` robust standard deviations stays below that, whatever the tail.
+
+    Example:
+        >>> v = torch.cat([torch.linspace(-1, 1, 99), torch.tensor([1e6])])
+        >>> out = robust_clip(v)
+        >>> float(out.max()) == 0.5 * 100 ** 0.5 and bool((out.argsort()[:99] == v.argsort()[:99]).all())
+        True
+    """
+    fence = max(3.0, 0.5 * x.numel() ** 0.5) if fence is None else float(fence)
+    return robust_score(x).clamp(-fence, fence).float()
 
 
 class WeightNet(nn.Module):
@@ -222,7 +240,8 @@ class _EpochLog:
 class NDDVState(Float32Module):
     """NDDV's per-fit state, registered on the LightningModule by the callback.
 
-    The per-row statistics (``raw_value``, ``weight``, ``seen``) and the mean field are
+    The per-row statistics (``raw_value``, ``value_sum``, ``weight``, ``seen`` = number of epochs
+    the row was seen) and the mean field are
     parameters with ``requires_grad=False`` rather than buffers: they change only at epoch end,
     identically on every rank, and DDP would otherwise re-broadcast ``O(N)`` buffers before
     every forward. They are checkpointed like any parameter.
@@ -241,6 +260,7 @@ class NDDVState(Float32Module):
             for p in self.weight_net.parameters():
                 p.requires_grad_(False)  # trained by the objective's own meta step, invisible to DDP
         self.raw_value = _frozen(torch.zeros(num_samples))
+        self.value_sum = _frozen(torch.zeros(num_samples))
         self.weight = _frozen(torch.ones(num_samples))
         self.seen = _frozen(torch.zeros(num_samples))
         self.mean_field = _frozen(torch.zeros(0))  # (K,) once the number of classes is known
@@ -295,9 +315,12 @@ class NDDV(ValuationObjective):
             ``x_meta`` to the same outputs the training step passes as ``outputs=``: the meta step
             calls it through ``torch.func.functional_call`` with pseudo-updated parameters.
         interaction: Interaction strength ``a`` of the mean-field coupling (0 switches it off).
-        calibration: ``"robust"`` (median/MAD score squashed by tanh; the default) or
+        calibration: ``"robust"`` (median/MAD standard score clipped at ``fence``; the default) or
             ``"marginal"`` (the paper's ``v_i - mean_{j != i} v_j``, heavy-tailed).
-        squash: Scale of the tanh in robust calibration, in robust standard deviations.
+        fence: Clip of the robust score, in robust standard deviations (default ``max(3, 0.5 sqrt(N))``).
+        aggregate: ``"mean"`` (default): a row's value is the mean of its state x costate values
+            over the epochs it was seen (the value integrated along training, robust to late
+            memorisation of noisy labels); ``"last"``: the value of the latest epoch.
         lr: Adam learning rate of the weights (softplus) or of the weight network (meta).
             Default 0.01 for softplus (0.05 measured worse), 1e-3 for meta (Meta-Weight-Net's setting).
         pseudo_lr: Step size of the differentiable SGD pseudo-update in the meta step.
@@ -322,7 +345,8 @@ class NDDV(ValuationObjective):
         meta: tuple[Any, Any] | None = None,
         interaction: float = 1.0,
         calibration: str = "robust",
-        squash: float = 5.0,
+        aggregate: str = "mean",
+        fence: float | None = None,
         lr: float | None = None,
         pseudo_lr: float = 0.1,
         meta_batch_size: int = 100,
@@ -334,6 +358,8 @@ class NDDV(ValuationObjective):
             raise ValueError(f"`weighting={weighting!r}` is not supported; use one of {WEIGHTINGS}.")
         if calibration not in CALIBRATIONS:
             raise ValueError(f"`calibration={calibration!r}` is not supported; use one of {CALIBRATIONS}.")
+        if aggregate not in AGGREGATES:
+            raise ValueError(f"`aggregate={aggregate!r}` is not supported; use one of {AGGREGATES}.")
         if weighting == "meta" and meta is None:
             raise ValueError(
                 "`weighting='meta'` trains the weight network on a small clean meta set: pass "
@@ -341,8 +367,8 @@ class NDDV(ValuationObjective):
             )
         if interaction < 0:
             raise ValueError(f"`interaction` must be >= 0; got {interaction}.")
-        if squash <= 0:
-            raise ValueError(f"`squash` must be > 0; got {squash}.")
+        if fence is not None and fence <= 0:
+            raise ValueError(f"`fence` must be > 0 (robust standard deviations); got {fence}.")
         if lr is not None and lr <= 0:
             raise ValueError(f"`lr` must be > 0; got {lr}.")
         if pseudo_lr <= 0 or meta_batch_size < 1 or hidden < 1:
@@ -350,8 +376,8 @@ class NDDV(ValuationObjective):
                 f"`pseudo_lr`, `meta_batch_size` and `hidden` must be positive; got {pseudo_lr}, "
                 f"{meta_batch_size}, {hidden}."
             )
-        self.weighting, self.calibration = weighting, calibration
-        self.interaction, self.squash = float(interaction), float(squash)
+        self.weighting, self.calibration, self.aggregate = weighting, calibration, aggregate
+        self.interaction, self.fence = float(interaction), fence
         self.lr = float(lr if lr is not None else (0.01 if weighting == "softplus" else 1e-3))
         self.pseudo_lr, self.meta_batch_size = float(pseudo_lr), meta_batch_size
         self.hidden, self.seed = hidden, seed
@@ -552,7 +578,8 @@ class NDDV(ValuationObjective):
         fresh = ~torch.isnan(merged[:, 0])
         state.raw_value[fresh] = merged[fresh, 0]
         state.weight[fresh] = merged[fresh, 1]
-        state.seen[fresh] = 1.0
+        state.value_sum[fresh] += merged[fresh, 0]
+        state.seen[fresh] += 1.0
         if k:
             mu = _weighted_mean_once(rows, states, weight, owned)
             if mu is not None:
@@ -574,10 +601,17 @@ class NDDV(ValuationObjective):
         state.epoch_log = _EpochLog()
 
     # -- values ---------------------------------------------------------------------------------
+    def raw_values(self, state: NDDVState) -> Tensor:
+        """Per-row state x costate value: the mean over the epochs the row was seen, or the latest one."""
+        if self.aggregate == "last":
+            return state.raw_value.detach().clone()
+        count = state.seen.detach()
+        return torch.where(count > 0, state.value_sum.detach() / count.clamp(min=1), torch.zeros_like(count))
+
     def marginal_values(self, state: NDDVState) -> Tensor:
         """The paper's calibrated value ``phi_i = v_i - mean_{j != i} v_j`` over the rows seen so far."""
         seen = state.seen.detach() > 0
-        raw = state.raw_value.detach()
+        raw = self.raw_values(state)
         out = torch.zeros_like(raw)
         if bool(seen.any()):
             out[seen] = marginal_calibration(raw[seen])
@@ -590,13 +624,16 @@ class NDDV(ValuationObjective):
         seen = state.seen.detach() > 0
         out = torch.zeros_like(phi)  # rows never seen sit at the median
         if bool(seen.any()):
-            out[seen] = robust_squash(phi[seen], self.squash).to(out)
+            out[seen] = robust_clip(phi[seen], self.fence).to(out)
         return out
 
     def extra_columns(self, state: nn.Module) -> dict[str, Tensor]:
         weight = state.weights.all() if state.weights is not None else state.weight.detach()
+        count = state.seen.detach()
+        mean = torch.where(count > 0, state.value_sum.detach() / count.clamp(min=1), torch.zeros_like(count))
         return {
-            "nddv_state_costate": state.raw_value.detach().clone(),
+            "nddv_state_costate": state.raw_value.detach().clone(),  # latest epoch
+            "nddv_state_costate_mean": mean,  # mean over the epochs the row was seen
             "nddv_marginal": self.marginal_values(state),
             "nddv_weight": weight.clone(),
         }
