@@ -52,7 +52,7 @@ class ControlledDynamicsNet(nn.Module):
     :class:`~lightning_dv.objectives.nddv.NDDV` objective updates it at the end of every epoch
     with the weighted mean of the terminal states it saw (each row once, synchronised across
     ranks); without NDDV set it yourself with :meth:`set_mean_field`. The terminal state of the
-    latest forward pass is kept in ``terminal_state`` for that purpose.
+    latest forward pass is kept (detached) in ``terminal_state`` for that purpose.
 
     Example:
         >>> net = ControlledDynamicsNet(in_features=8, num_classes=3)
@@ -113,7 +113,7 @@ class ControlledDynamicsNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Logits (or regression outputs) ``head(X_T)``; keeps ``X_T`` in ``terminal_state``."""
         terminal = self.trajectory(x)[-1]
-        self.terminal_state = terminal
+        self.terminal_state = terminal.detach()  # detached: holding the graph would keep it alive
         return self.head(terminal)
 
     @torch.no_grad()

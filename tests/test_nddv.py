@@ -14,6 +14,11 @@ import torch
 import torch.nn.functional as F
 from helpers import MLP, digits_split, loader, seeded, trainer_kwargs
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import (
+    STORE_EVERYTHING_SIZE_GUIDANCE,
+    EventAccumulator,
+)
 from torch import nn
 
 from lightning_dv import DataValuation, DataValuationMixin
@@ -138,8 +143,13 @@ def test_detects_label_noise_on_digits_and_records_trajectories(split, tmp_path)
     model = MLP(64, 10)
     path = tmp_path / "nddv.csv"
     cb = DataValuation(NDDV(), export_path=path, known_noisy=split.noisy)
-    trainer = L.Trainer(max_epochs=5, callbacks=[cb], **trainer_kwargs())
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    trainer = L.Trainer(max_epochs=5, callbacks=[cb], **trainer_kwargs(logger=logger))
     trainer.fit(model, loader(split.x_train, split.y_train))
+    events = EventAccumulator(logger.log_dir, size_guidance=STORE_EVERYTHING_SIZE_GUIDANCE)
+    events.Reload()
+    assert len(events.Histograms("data_values/nddv/histogram")) == 5  # one histogram per epoch
+    assert any("trajectories" in tag for tag in events.Tags()["images"])  # lowest / highest rows figure
     dv = cb.values
     assert detection_auroc(dv.values, split.noisy) > 0.9
     assert dv.trajectory.shape == (5, 1000)  # one entry per row per epoch
@@ -365,3 +375,44 @@ def test_ddp_values_and_mean_field_match_single_rank(tmp_path):
         np.testing.assert_allclose(got["mu"], single["mu"], rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(got["values"], single["values"], atol=1e-5)
     np.testing.assert_array_equal(ranks[0]["mu"], ranks[1]["mu"])
+
+
+DDP_META_SCRIPT = """
+import sys, numpy as np, torch, lightning as L
+sys.path.insert(0, {tests!r})
+from helpers import MLP, loader, seeded
+from lightning_dv import DataValuation
+from lightning_dv.objectives.nddv import NDDV
+
+out = sys.argv[1]
+g = torch.Generator().manual_seed(0)
+x, y = torch.randn(101, 6, generator=g), torch.arange(101) % 3
+xm, ym = torch.randn(40, 6, generator=g), torch.arange(40) % 3
+seeded(0)
+model = MLP(6, 3)
+cb = DataValuation(NDDV(weighting="meta", meta=(xm, ym), meta_batch_size=16, lr=0.01))
+trainer = L.Trainer(devices=2, strategy="ddp", accelerator="cpu", max_epochs=2, callbacks=[cb], logger=False,
+                    enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+trainer.fit(model, loader(x.numpy(), y.numpy(), batch_size=8, shuffle=True))
+st = model.dv_state
+phi = torch.cat([p.detach().reshape(-1) for p in st.weight_net.parameters()]).numpy()
+np.savez(out + f"/meta_rank{{trainer.global_rank}}.npz", phi=phi, values=cb.values.values,
+         steps=float(st.meta_steps), seen=st.seen.detach().numpy())
+"""
+
+
+@pytest.mark.slow
+def test_ddp_meta_step_keeps_the_weight_network_identical_on_both_ranks(tmp_path):
+    """The meta-gradient is averaged by hand across ranks: both ranks must hold the same, trained phi."""
+    script = tmp_path / "ddp_nddv_meta.py"
+    script.write_text(DDP_META_SCRIPT.format(tests=str(ROOT / "tests")))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (np.load(tmp_path / f"meta_rank{r}.npz") for r in (0, 1))
+    np.testing.assert_array_equal(r0["phi"], r1["phi"])
+    np.testing.assert_array_equal(r0["values"], r1["values"])
+    assert float(r0["steps"]) == 2 * 7  # 51 rows per rank, batch 8: 7 steps per epoch
+    assert (r0["seen"] == 2).all()
