@@ -43,7 +43,8 @@ parts of the method that need only the model's outputs, so it works on any Light
    every row and would carry no information beyond the weight.
 
    The paper calibrates by the marginal contribution ``phi_i = v_i - mean_{j != i} v_j``. That
-   map is affine and keeps the heavy tail, which lets one extreme row own a 2-means cluster, so
+   map is affine and keeps any heavy tail (the authors' values have one; here ``|v_i| <= w_i / K``
+   but the learned weights are unbounded), which lets one extreme row own a 2-means cluster, so
    the exported value (``calibration="robust"``, the default) is the median/MAD standard score
    ``z_i`` of ``phi_i`` clipped to ``+-fence`` (default ``max(3, 0.5 sqrt(N))``): one isolated row
    only forms its own 2-means cluster beyond ``~0.8 sqrt(N)`` bulk standard deviations, so no
@@ -63,6 +64,13 @@ parts of the method that need only the model's outputs, so it works on any Light
 
 Classification only (integer labels, or soft labels of shape ``(B, K)``; a single binary logit
 is read as two classes); regression targets are refused with an error.
+
+Practical notes: the meta step runs once per ``training_step`` call (so once per micro-batch
+under gradient accumulation), costs a second-order backward through the user's graph plus one
+forward of the meta batch, and leaves the model's buffers (BatchNorm statistics) untouched; the
+pseudo-step uses the weighted task loss without the coupling term. Each rank keeps this epoch's
+per-row records (row, value, weight, the ``K`` output probabilities) until the epoch-end sync,
+``O(N K / world_size)`` floats.
 """
 
 from __future__ import annotations
@@ -335,6 +343,11 @@ class NDDV(ValuationObjective):
         >>> state = objective.build(num_samples=100)
         >>> objective.values(state).shape
         torch.Size([100])
+        >>> from lightning_dv.callbacks import DataValuation
+        >>> x_meta, y_meta = torch.randn(100, 8), torch.randint(0, 3, (100,))
+        >>> valuation = DataValuation(NDDV(weighting="meta", meta=(x_meta, y_meta)))
+        >>> valuation.objective.name  # then Trainer(callbacks=[valuation]).fit(...) as for LossVal
+        'nddv'
     """
 
     name = "nddv"
