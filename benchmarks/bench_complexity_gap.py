@@ -106,19 +106,23 @@ def part_loop(sizes: list[int], repeats: int, loop_repeats: int) -> list[dict]:
 
 
 CHILD = """
-import json, resource, sys, time, torch
+import json, sys, time, torch
 torch.set_num_threads(int(sys.argv[3]))
 sys.path.insert(0, sys.argv[4])
 from bench_complexity_gap import synthetic_problem
 from lightning_dv.complexity_gap import cg_scores
+
+def hwm():  # peak RSS of this process image (VmHWM resets at exec; ru_maxrss keeps the parent's)
+    with open("/proc/self/status") as fh:
+        return next(int(l.split()[1]) * 1024 for l in fh if l.startswith("VmHWM:"))
+
 m, d = int(sys.argv[1]), int(sys.argv[2])
 xn, y = synthetic_problem(m, d)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+before = hwm()
 t0 = time.perf_counter()
 cg = cg_scores(xn, y, m // 2)  # one class problem: m/2 positives scored, m/2 negatives
 seconds = time.perf_counter() - t0
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps(dict(seconds=seconds, rss_before=before, rss_peak=after, finite=bool(torch.isfinite(cg).all()))))
+print(json.dumps(dict(seconds=seconds, rss_before=before, rss_peak=hwm(), finite=bool(torch.isfinite(cg).all()))))
 """
 
 
@@ -135,7 +139,8 @@ def part_scale(m: int, d: int, repeats: int, threads: int) -> dict:
         info = torch.zeros((), dtype=torch.int32)
         torch.linalg.cholesky_ex(chol, upper=False, out=(chol, info))
         t2 = time.perf_counter()
-        torch.cholesky_solve(y.reshape(-1, 1), chol, upper=False)
+        z = torch.linalg.solve_triangular(chol, y.reshape(-1, 1), upper=False)
+        torch.linalg.solve_triangular(chol.mT, z, upper=True)
         t3 = time.perf_counter()
         _inverse_column_norms(chol, m - s, 1024)
         t4 = time.perf_counter()

@@ -423,7 +423,11 @@ def cg_scores(
     if int(info) > 0:
         raise NotPositiveDefiniteError(int(info) - 1, ridge)
     y = targets.to(dtype=torch.float64).reshape(-1, 1)
-    alpha = torch.cholesky_solve(y, chol, upper=False).reshape(-1)
+    # two triangular solves on views of the factor: cholesky_solve would copy the m x m factor
+    alpha = torch.linalg.solve_triangular(
+        chol.mT, torch.linalg.solve_triangular(chol, y, upper=False), upper=True
+    )
+    alpha = alpha.reshape(-1)
     off = m - num_scored
     diag = _inverse_column_norms(chol, off, block_size)
     pivot = chol.diagonal()[off:] ** 2  # Schur complement of each row given the earlier ones
