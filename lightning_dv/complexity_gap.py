@@ -319,9 +319,12 @@ def complexity_gap(
     start = time.perf_counter()
     for k, p in enumerate(problems):
         t0 = time.perf_counter()
-        cg = cg_scores(
-            xn[p.rows.to(dev)], p.targets.to(dev), p.num_scored, ridge=ridge, block_size=block_size
-        )
+        try:
+            cg = cg_scores(
+                xn[p.rows.to(dev)], p.targets.to(dev), p.num_scored, ridge=ridge, block_size=block_size
+            )
+        except NotPositiveDefiniteError as err:
+            raise NotPositiveDefiniteError(err.position, ridge, row=int(p.rows[err.position])) from None
         scored = p.scored_rows
         total[scored] += cg.cpu()
         count[scored] += 1
@@ -430,12 +433,12 @@ def cg_scores(
     alpha = alpha.reshape(-1)
     off = m - num_scored
     diag = _inverse_column_norms(chol, off, block_size)
-    pivot = chol.diagonal()[off:] ** 2  # Schur complement of each row given the earlier ones
+    pivot = chol.diagonal() ** 2  # each row's kernel-space residual given the earlier rows (<= 1/2)
     if float(pivot.min()) < 1e-10:
         warnings.warn(
-            f"complexity_gap: a scored row (position {int(pivot.argmin())} of {num_scored}) is within 1e-10 of "
-            "the span of other rows: near-duplicates make the scores around it rounding-dominated. "
-            "Consider ridge=1e-6 or removing near-duplicates.",
+            f"complexity_gap: row position {int(pivot.argmin())} of a {m}-row problem is within 1e-10 of the "
+            "span of the earlier rows in the NTK feature space: near-duplicates make the scores around it "
+            "rounding-dominated. Consider ridge=1e-6 or removing near-duplicates.",
             UserWarning,
             stacklevel=3,
         )
@@ -470,12 +473,13 @@ def _inverse_column_norms(chol: Tensor, off: int, block_size: int) -> Tensor:
 class NotPositiveDefiniteError(ValueError):
     """The NTK Gram matrix of a problem is not numerically positive definite."""
 
-    def __init__(self, position: int, ridge: float) -> None:
+    def __init__(self, position: int, ridge: float, row: int | None = None) -> None:
         self.position = position
+        where = f"row position {position} of the problem" + ("" if row is None else f" (dataset row {row})")
         super().__init__(
-            f"the NTK Gram matrix is not numerically positive definite at row position {position} of the "
-            f"problem (ridge={ridge}): that row is (nearly) a duplicate of earlier rows after L2 "
-            "normalisation. Pass ridge=1e-6 or larger (changes every score slightly) or remove near-duplicates."
+            f"the NTK Gram matrix is not numerically positive definite at {where}, ridge={ridge}: that row is "
+            "(nearly) a duplicate of earlier rows after L2 normalisation. Pass ridge=1e-6 or larger "
+            "(changes every score slightly) or remove near-duplicates."
         )
 
 

@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+import warnings
 
 import lightning as L
 import numpy as np
@@ -205,6 +206,17 @@ def test_near_duplicates_are_merged_and_a_singular_problem_is_a_clear_error():
     t = torch.ones(21, dtype=torch.float64)
     with pytest.raises(NotPositiveDefiniteError, match=r"row position 20 .*ridge=1e-6"):
         cg_scores(xn, t, 21)
+    # two directions 2e-13 apart that straddle the duplicate grid: not merged, numerically equal;
+    # the error names the dataset row, and a ridge makes the problem solvable
+    a0 = 0.5 * 2.0**-32
+    pair = torch.tensor([[a0 - 1e-13, 1.0], [a0 + 1e-13, 1.0]], dtype=torch.float64)
+    x2 = torch.cat([x[:5, :2], pair[:1], x[5:12, :2], pair[1:]])
+    y2 = torch.arange(14) % 2
+    with pytest.raises(NotPositiveDefiniteError, match=r"dataset row 13\), ridge=0.0"):
+        complexity_gap(x2, y2, mode="binary")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the pivot warning: expected here
+        assert np.isfinite(complexity_gap(x2, y2, mode="binary", ridge=1e-6).values).all()
 
 
 # -- detection ----------------------------------------------------------------------------------
