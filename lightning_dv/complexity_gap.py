@@ -192,8 +192,9 @@ def complexity_gap(
 
     Duplicates: rows whose normalised features are identical (exact or rescaled copies: equal to
     ``2^-32`` in every coordinate) make ``H`` singular; for distinct directions the NTK Gram matrix
-    is positive definite. Duplicates are reported with a warning naming the rows. With ``ridge=0`` (default) copies with the SAME label
-    are kept once in every problem and all of them score ``CG = 0``: this is the exact limit
+    is positive definite. Duplicates are reported with a warning naming the rows. With ``ridge=0``
+    (default) copies with the SAME label are kept once in every problem (so they are also drawn
+    once as negatives) and all of them score ``CG = 0``: this is the exact limit
     ``ridge -> 0`` (removing one copy leaves the fit unchanged); copies with DIFFERENT labels have
     an infinite score at ``ridge=0`` and raise a ``ValueError``. ``ridge > 0`` uses
     ``H + ridge * I`` (kernel ridge instead of interpolation): every score changes, copies stay
