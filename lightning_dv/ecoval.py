@@ -463,8 +463,9 @@ class EcoVal:
         ridge: Ridge penalty of the production-function fit.
         steps: Full-batch steps of the built-in model.
         l2: L2 penalty of the built-in model.
-        subset_batch: Subsets trained together in one tensor program (bounds memory at about
-            ``subset_batch * N * C`` floats).
+        subset_batch: Subsets trained together in one tensor program (memory is about
+            ``subset_batch * N * C`` floats). Default: as many as fit in 16M floats (64 MB).
+        device: Device of the built-in model's trainings (e.g. ``"cuda"``).
         trainer_kwargs: Extra ``lightning.Trainer`` arguments for a LightningModule utility model
             (defaults: ``max_epochs=10``, CPU, one device, no logger, checkpoints or progress bar).
         batch_size: Batch size of the LightningModule trainings.
@@ -499,7 +500,8 @@ class EcoVal:
         ridge: float = 1e-3,
         steps: int = 200,
         l2: float = 1e-3,
-        subset_batch: int = 128,
+        subset_batch: int | None = None,
+        device: str | torch.device = "cpu",
         trainer_kwargs: dict[str, Any] | None = None,
         batch_size: int = 32,
         seed: int = 0,
@@ -541,7 +543,7 @@ class EcoVal:
             raise ValueError(f"`n_neighbors` must be >= 1; got {n_neighbors}.")
         if ridge < 0 or l2 < 0:
             raise ValueError(f"`ridge` and `l2` must be >= 0; got ridge={ridge}, l2={l2}.")
-        if steps < 1 or subset_batch < 1 or batch_size < 1:
+        if steps < 1 or (subset_batch is not None and subset_batch < 1) or batch_size < 1:
             raise ValueError("`steps`, `subset_batch` and `batch_size` must be >= 1.")
         self.n_clusters = n_clusters
         self.per_class = per_class
@@ -556,6 +558,7 @@ class EcoVal:
         self.steps = steps
         self.l2 = float(l2)
         self.subset_batch = subset_batch
+        self.device = device
         self.trainer_kwargs = dict(trainer_kwargs or {})
         self.batch_size = batch_size
         self.seed = seed
@@ -667,17 +670,18 @@ class EcoVal:
                 self.batch_size,
                 self.seed,
             )
+        device = torch.device(self.device)
+        x_d, y_d, xv_d, yv_d = (t.to(device) for t in (x_feat, y, xv_feat, yv))
+        # the (subsets, N, C) probabilities dominate memory: cap them at ~16M floats per block
+        batch = self.subset_batch or max(1, (1 << 24) // (x_d.shape[0] * self.num_classes))
         out = []
         m_all = torch.from_numpy(masks)
-        for start in range(0, masks.shape[0], self.subset_batch):
-            w = train_softmax_batched(
-                x_feat, y, m_all[start : start + self.subset_batch], self.num_classes, self.steps, self.l2
-            )
-            out.append(softmax_log_utility(w, xv_feat, yv, self.utility).numpy())
+        for start in range(0, masks.shape[0], batch):
+            m = m_all[start : start + batch].to(device)
+            w = train_softmax_batched(x_d, y_d, m, self.num_classes, self.steps, self.l2)
+            out.append(softmax_log_utility(w, xv_d, yv_d, self.utility).cpu().numpy())
             log.info(
-                "EcoVal: trained %d/%d subset models",
-                min(start + self.subset_batch, masks.shape[0]),
-                masks.shape[0],
+                "EcoVal: trained %d/%d subset models", min(start + batch, masks.shape[0]), masks.shape[0]
             )
         return np.concatenate(out)
 
@@ -849,6 +853,9 @@ def log_and_export(
 class EcoValValuation(pl.Callback):
     """Run :class:`EcoVal` on the training data when training starts; log and export the values.
 
+    It runs in ``on_train_start``, the first hook where the trainer has built the train dataloader
+    (in ``on_fit_start`` it does not exist yet); the values are ready before the first step.
+
     Reads every batch of the train dataloader once (batches ``(row, x, y)`` as produced by
     :class:`~lightning_dv.IndexedDataset`), gathers the rows across ranks, values them with the
     built-in batched model (every rank computes the same deterministic result), then logs a
@@ -863,7 +870,6 @@ class EcoValValuation(pl.Callback):
         prefix: Tag prefix of the logged data.
 
     Example:
-        >>> import lightning as L
         >>> cb = EcoValValuation(EcoVal(n_subsets=50), validation=(np.zeros((4, 2)), np.array([0, 1, 0, 1])))
         >>> cb.values is None
         True

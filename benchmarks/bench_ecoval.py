@@ -1,0 +1,145 @@
+"""Benchmark EcoVal on the OpenDataVal protocol: detection F1 / AUROC, point-removal curves, cost.
+
+For each dataset and seed: a split with label noise on train and valid (``make_split``), EcoVal's
+values, the 2-means detection F1 and AUROC of the total value and of its two parts, the test
+accuracy of a logistic regression retrained after removing the lowest or highest valued 5%, 10%,
+..., 50% (and a random order as reference), the wall time and the number of trainings.
+
+Writes ``ecoval_runs.csv`` (one row per dataset and seed), ``ecoval_removal.csv`` (long format)
+and ``ecoval_removal.png`` under the output folder, and prints a summary (medians over seeds).
+
+Usage::
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_ecoval.py results/ecoval --seeds 0 1 2
+
+The project's harness calls the same thing through :func:`ecoval_values` ``(Split, seed)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lightning_dv.bench.protocol import REMOVAL_FRACTIONS, removal_accuracy
+from lightning_dv.datasets import Split, make_split
+from lightning_dv.ecoval import EcoVal
+from lightning_dv.metrics import detection_auroc, kmeans_f1
+from lightning_dv.values import DataValues
+
+
+def ecoval_values(split: Split, seed: int, **kwargs) -> DataValues:
+    """EcoVal with default settings on one split (the harness's ``(Split, seed) -> DataValues``)."""
+    return EcoVal(seed=seed, **kwargs).fit(split.x_train, split.y_train, split.x_valid, split.y_valid)
+
+
+def run(datasets: list[str], seeds: list[int], noise: float, kwargs: dict) -> tuple[list[dict], list[dict]]:
+    runs, curves = [], []
+    for name in datasets:
+        for seed in seeds:
+            split = make_split(name, noise=noise, noise_kind="label", seed=seed)
+            t0 = time.perf_counter()
+            dv = ecoval_values(split, seed, **kwargs)
+            wall = time.perf_counter() - t0
+            intrinsic = dv.columns["intrinsic"]
+            extrinsic = dv.columns["extrinsic"]
+            row = {
+                "dataset": name,
+                "seed": seed,
+                "n_train": len(split.y_train),
+                "f1": kmeans_f1(dv.values, split.noisy),
+                "auroc": detection_auroc(dv.values, split.noisy),
+                "auroc_intrinsic": detection_auroc(intrinsic, split.noisy),
+                "auroc_extrinsic": detection_auroc(extrinsic, split.noisy),
+                "f1_intrinsic": kmeans_f1(intrinsic, split.noisy),
+                "wall_s": wall,
+                "training_s": dv.metadata["training_time_s"],
+                "n_trainings": dv.metadata["n_trainings"],
+                "n_clusters": dv.metadata["n_clusters"],
+                "r2": dv.metadata["r2"],
+                "utility_full": dv.metadata["utility_full"],
+                "negative_elasticities": int(np.sum(np.asarray(dv.metadata["elasticities"]) < 0)),
+            }
+            rand = np.random.default_rng(seed).random(len(split.y_train))
+            for order, values, lowest in (
+                ("lowest", dv.values, True),
+                ("highest", dv.values, False),
+                ("random", rand, True),
+            ):
+                accs = removal_accuracy(split, values, REMOVAL_FRACTIONS, lowest=lowest, seed=seed)
+                for f, acc in zip(REMOVAL_FRACTIONS, accs):
+                    curves.append(
+                        {"dataset": name, "seed": seed, "removed": order, "fraction": f, "accuracy": acc}
+                    )
+            base = removal_accuracy(split, np.zeros(len(split.y_train)), [0.0], lowest=True, seed=seed)[0]
+            row["accuracy_all"] = base
+            runs.append(row)
+            print(
+                f"{name} seed {seed}: F1 {row['f1']:.3f} AUROC {row['auroc']:.3f} "
+                f"(intrinsic {row['auroc_intrinsic']:.3f}, extrinsic {row['auroc_extrinsic']:.3f}) "
+                f"{row['n_trainings']} trainings, {wall:.1f} s",
+                flush=True,
+            )
+    return runs, curves
+
+
+def plot(curves, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    df = pd.DataFrame(curves).groupby(["dataset", "removed", "fraction"])["accuracy"].mean().reset_index()
+    names = list(dict.fromkeys(df["dataset"]))
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.8), squeeze=False)
+    styles = {"lowest": ("tab:blue", "-"), "highest": ("tab:red", "--"), "random": ("gray", ":")}
+    for ax, name in zip(axes[0], names):
+        for order, (color, ls) in styles.items():
+            d = df[(df["dataset"] == name) & (df["removed"] == order)]
+            ax.plot(
+                d["fraction"], d["accuracy"], color=color, ls=ls, marker="o", ms=3, label=f"{order} removed"
+            )
+        ax.set_title(f"EcoVal point removal: {name}")
+        ax.set_xlabel("fraction of training rows removed")
+        ax.set_ylabel("test accuracy (logistic regression)")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("out", type=Path, help="output folder for the CSVs and the PNG")
+    p.add_argument("--datasets", nargs="+", default=["digits", "gaussian"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--noise", type=float, default=0.1)
+    p.add_argument("--utility", default="accuracy", choices=["accuracy", "log_likelihood"])
+    p.add_argument("--extrinsic-weight", type=float, default=0.1)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    import pandas as pd
+
+    kwargs = {"utility": args.utility, "extrinsic_weight": args.extrinsic_weight}
+    runs, curves = run(args.datasets, args.seeds, args.noise, kwargs)
+    args.out.mkdir(parents=True, exist_ok=True)
+    runs_df = pd.DataFrame(runs)
+    runs_df.to_csv(args.out / "ecoval_runs.csv", index=False)
+    curves_df = pd.DataFrame(curves)
+    curves_df.to_csv(args.out / "ecoval_removal.csv", index=False)
+    plot(curves, args.out / "ecoval_removal.png")
+    cols = ["f1", "auroc", "auroc_intrinsic", "auroc_extrinsic", "wall_s", "n_trainings", "accuracy_all"]
+    print("\nmedian over seeds:\n" + runs_df.groupby("dataset")[cols].median().to_string(float_format="%.3f"))
+    table = curves_df.groupby(["dataset", "removed", "fraction"])["accuracy"].mean().unstack("fraction")
+    print("\nmean test accuracy after removal:\n" + table.to_string(float_format="%.3f"))
+    print(f"\nwritten to {args.out} ({' '.join(sys.argv)})")
+
+
+if __name__ == "__main__":
+    main()
