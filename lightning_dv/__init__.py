@@ -11,13 +11,16 @@ from lightning_dv.metrics import (
     two_means_split,
 )
 from lightning_dv.mixin import DataValuationMixin
-from lightning_dv.objectives import LossVal, ValuationObjective, ValuationStep
+from lightning_dv.models import ControlledDynamicsNet
+from lightning_dv.objectives import NDDV, LossVal, ValuationObjective, ValuationStep
 from lightning_dv.values import DataValues
 
 __all__ = [
     "DataValuation",
     "DataValuationMixin",
+    "ControlledDynamicsNet",
     "LossVal",
+    "NDDV",
     "ValuationObjective",
     "ValuationStep",
     "DataValues",

@@ -17,7 +17,8 @@ REGRESSION = ("diabetes",)
 class Split:
     """Arrays of one benchmark split (features standardised on the training part).
 
-    ``noisy`` holds the training rows whose label (or features) were corrupted.
+    ``noisy`` holds the training rows whose label (or features) were corrupted; the ``*_clean``
+    labels are the ones before corruption (e.g. a clean meta set for NDDV's weight network).
     """
 
     x_train: np.ndarray
@@ -30,6 +31,7 @@ class Split:
     num_classes: int
     name: str = ""
     y_train_clean: np.ndarray | None = None
+    y_valid_clean: np.ndarray | None = None
 
 
 def load_bundled(name: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -170,7 +172,7 @@ def make_split(
     regression = np.issubdtype(np.asarray(y).dtype, np.floating)
     num_classes = 0 if regression else int(np.max(y)) + 1
     x_tr, y_tr, x_va, y_va = x[tr], np.asarray(y)[tr], x[va], np.asarray(y)[va]
-    clean = y_tr.copy()
+    clean, clean_valid = y_tr.copy(), y_va.copy()
     noisy = np.zeros(0, dtype=np.int64)
     label_frac = noise if noise_kind == "label" else (noise / 2 if noise_kind == "mixed" else 0.0)
     feat_frac = noise if noise_kind == "feature" else (noise / 2 if noise_kind == "mixed" else 0.0)
@@ -196,4 +198,5 @@ def make_split(
         num_classes=num_classes,
         name=name,
         y_train_clean=clean,
+        y_valid_clean=clean_valid,
     )

@@ -2,5 +2,6 @@
 
 from lightning_dv.objectives.base import ValuationObjective, ValuationStep
 from lightning_dv.objectives.lossval import LossVal
+from lightning_dv.objectives.nddv import NDDV
 
-__all__ = ["LossVal", "ValuationObjective", "ValuationStep"]
+__all__ = ["LossVal", "NDDV", "ValuationObjective", "ValuationStep"]
