@@ -1,6 +1,7 @@
 """lightning-dv: data valuation as a by-product of PyTorch Lightning training."""
 
 from lightning_dv.callbacks import DataValuation
+from lightning_dv.complexity_gap import ComplexityGapValuation, complexity_gap
 from lightning_dv.data import IndexedDataset
 from lightning_dv.metrics import (
     DetectionAUROC,
@@ -18,6 +19,7 @@ from lightning_dv.values import DataValues
 __all__ = [
     "DataValuation",
     "DataValuationMixin",
+    "ComplexityGapValuation",
     "ControlledDynamicsNet",
     "LossVal",
     "NDDV",
@@ -27,6 +29,7 @@ __all__ = [
     "DetectionAUROC",
     "DetectionF1",
     "IndexedDataset",
+    "complexity_gap",
     "detection_auroc",
     "discovery_curve",
     "kmeans_f1",
