@@ -72,6 +72,22 @@ def test_flipped_cluster_gets_low_value(fitted):
     assert dv.columns["extrinsic"][group].max() < 0
     assert dv.values[group].max() < np.quantile(dv.values[:300], 0.1)
     assert isinstance(dv, DataValues) and len(dv) == len(x)
+
+
+def test_total_value_formula(fitted):
+    """total = intrinsic + w * (alpha_k / sum|alpha|) / (n_k / N), w = 0.3 if harmful else 0.1."""
+    eco, dv, (x, _, _, _) = fitted
+    alpha = eco.production.shrunk_alpha()
+    sizes = np.bincount(dv.columns["cluster"])
+    e = alpha / np.abs(eco.production.alpha).sum() / (sizes / len(x))
+    expected = dv.columns["intrinsic"] + (np.where(e < 0, 0.3, 0.1) * e)[dv.columns["cluster"]]
+    np.testing.assert_allclose(dv.values, expected, rtol=1e-12)
+    assert (e < 0).any() and (e > 0).any()
+    # the extrinsic column is the marginal product alpha_k * U / n_k at the full data
+    u_full = np.exp(eco.production.log_utility(sizes))
+    np.testing.assert_allclose(
+        dv.columns["extrinsic"], (alpha * u_full / sizes)[dv.columns["cluster"]], rtol=1e-12
+    )
     assert dv.metadata["n_trainings"] == FAST["n_subsets"]
     assert dv.metadata["wall_time_s"] > 0
 
