@@ -12,6 +12,7 @@ Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/bench_ecoval.py results/ecoval --seeds 0 1 2
     OMP_NUM_THREADS=1 python benchmarks/bench_ecoval.py results/ecoval_clustered --noise-kind clustered
+    OMP_NUM_THREADS=1 python benchmarks/bench_ecoval.py results/ecoval_speed --speed
 
 The project's harness calls the same thing through :func:`ecoval_values` ``(Split, seed)``.
 """
@@ -122,6 +123,49 @@ def run(
     return runs, curves
 
 
+def speed(name: str = "digits", n_subsets: int = 64, repeats: int = 3, steps: int = 200) -> list[dict]:
+    """Median wall time of training ``n_subsets`` subset models: batched, a loop, scikit-learn."""
+    from sklearn.linear_model import LogisticRegression
+
+    from lightning_dv.ecoval import sample_subsets, train_softmax_batched
+
+    split = make_split(name, noise=0.1, seed=0)
+    x, y = torch.tensor(split.x_train), torch.tensor(split.y_train)
+    cluster = np.arange(len(y)) % 50
+    masks = torch.from_numpy(sample_subsets(cluster, n_subsets, (0.2, 1.0), seed=0)[0])
+    l2 = 1e-3
+
+    def batched():
+        train_softmax_batched(x, y, masks, split.num_classes, steps=steps, l2=l2)
+
+    def loop():
+        for m in masks:
+            train_softmax_batched(x, y, m[None], split.num_classes, steps=steps, l2=l2)
+
+    def sklearn_loop():
+        for m in masks.numpy():
+            LogisticRegression(C=1 / (l2 * m.sum()), max_iter=steps).fit(split.x_train[m], split.y_train[m])
+
+    out = []
+    for label, fn in (
+        ("batched", batched),
+        ("per-subset loop", loop),
+        ("sklearn loop (lbfgs)", sklearn_loop),
+    ):
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        out.append(
+            {"dataset": name, "trainer": label, "n_subsets": n_subsets, "median_s": float(np.median(times))}
+        )
+    base = out[0]["median_s"]
+    for row in out:
+        row["ratio_to_batched"] = row["median_s"] / base
+    return out
+
+
 def plot(curves, path: Path) -> None:
     import matplotlib
 
@@ -165,10 +209,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--extrinsic-weight", type=float, default=0.1)
     p.add_argument("--harm-weight", type=float, default=0.3)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--speed", action="store_true", help="only time batched vs looped trainings (digits)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     import pandas as pd
 
+    if args.speed:
+        args.out.mkdir(parents=True, exist_ok=True)
+        speed_df = pd.DataFrame(speed())
+        speed_df.to_csv(args.out / "ecoval_speed.csv", index=False)
+        print(speed_df.to_string(float_format="%.2f"))
+        return
     kwargs = {
         "utility": args.utility,
         "extrinsic_weight": args.extrinsic_weight,

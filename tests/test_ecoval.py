@@ -134,6 +134,26 @@ def test_out_of_sample_copies_match_in_sample_values(fitted):
     assert new.metadata["n_trainings"] == 0
 
 
+@pytest.mark.parametrize("per_class", [True, False])
+def test_features_function_and_global_clusters(per_class):
+    x, y, xv, yv = blobs(2)
+    proj = torch.tensor([[1.0, 0.5, -1.0], [0.0, 2.0, 1.0]])
+    calls = []
+
+    def embed(t: torch.Tensor) -> torch.Tensor:
+        calls.append(t.shape[0])
+        return t @ proj
+
+    eco = EcoVal(features=embed, per_class=per_class, **FAST)
+    dv = eco.fit(x, y, xv, yv)
+    assert eco.centroids.shape[1] == 3 and calls == [len(x), len(xv)]
+    if not per_class:  # one set of clusters for all classes
+        assert (eco.centroid_class == -1).all()
+    new = eco.value(x[:40], y[:40])
+    assert calls[-1] == 40
+    np.testing.assert_allclose(new.values, dv.values[:40], atol=1e-12)
+
+
 def test_held_out_points_valued_without_retraining():
     x, y, xv, yv = blobs(1)
     held = np.concatenate([np.arange(0, 300, 15), np.arange(300, 330, 3)])  # 20 clean + 10 of the group
