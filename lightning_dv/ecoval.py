@@ -121,6 +121,8 @@ class ProductionFit:
         log_a: ``log A`` (total factor productivity).
         alpha: Elasticity of the utility in each cluster's size, shape ``(K,)``.
         r2: Coefficient of determination of the fit in log space.
+        stderr: Standard errors of ``alpha`` (sandwich formula of the ridge estimate with the
+            residual variance), or None.
     """
 
     log_a: float
@@ -660,10 +662,16 @@ class EcoVal:
         return cluster
 
     def _nearest_centroid(self, feats: np.ndarray, y: np.ndarray) -> np.ndarray:
-        d = ((feats[:, None, :].astype(np.float64) - self.centroids[None]) ** 2).sum(-1)
-        if self.per_class:
-            d = np.where(self.centroid_class[None, :] == y[:, None], d, np.inf)
-        return np.argmin(d, axis=1)
+        k, dim = self.centroids.shape
+        step = max(1, (1 << 24) // (k * dim))  # rows per block: bounds the (rows, K, d) differences
+        out = np.empty(feats.shape[0], dtype=np.int64)
+        for start in range(0, feats.shape[0], step):
+            block = feats[start : start + step].astype(np.float64)
+            d = ((block[:, None, :] - self.centroids[None]) ** 2).sum(-1)
+            if self.per_class:
+                d = np.where(self.centroid_class[None, :] == y[start : start + step, None], d, np.inf)
+            out[start : start + step] = np.argmin(d, axis=1)
+        return out
 
     # -- trainings ------------------------------------------------------------------------------
     def _log_utilities(

@@ -237,6 +237,18 @@ def test_batched_trainer_equals_per_subset_loop_and_sklearn():
         np.testing.assert_allclose(probs, ref.predict_proba(x.numpy()), atol=1e-5)
 
 
+def test_progress_is_logged_per_block_of_subsets(caplog):
+    import logging
+
+    x, y, xv, yv = blobs(0, n=30, group=0)
+    with caplog.at_level(logging.INFO, logger="lightning_dv.ecoval"):
+        EcoVal(n_clusters=4, n_subsets=20, steps=10, subset_batch=8).fit(x, y, xv, yv)
+    text = caplog.text
+    assert "60 rows in 4 clusters; 20 trainings" in text
+    assert "trained 8/20" in text and "trained 16/20" in text and "trained 20/20" in text
+    assert "done in" in text
+
+
 class TinyMLP(pl.LightningModule):
     def __init__(self) -> None:
         super().__init__()
