@@ -269,7 +269,7 @@ def test_lossval_adapter_runs_a_real_lightning_fit():
 
 
 def test_overhead_benchmark_measures_plain_and_objective_fits():
-    from lightning_dv.bench.overhead import overhead_table, run_overhead
+    from lightning_dv.bench.overhead import PeakMemory, overhead_table, run_overhead
 
     try:
         df = run_overhead(
@@ -280,8 +280,14 @@ def test_overhead_benchmark_measures_plain_and_objective_fits():
     if "lossval" not in set(df["variant"]):
         pytest.skip("LossVal is not available in this checkout")
     assert len(df) == 4 and (df["wall_s"] > 0).all() and set(df["steps"]) == {3}
+    # Memory comes from fresh processes: finite and non-negative for both variants.
+    assert np.isfinite(df["peak_mb"]).all() and (df["peak_mb"] >= 0).all()
     table = overhead_table(df)
     assert "| 256 | 16 | lossval | 3 |" in table and "x**" in table
+    with PeakMemory() as pm:
+        block = np.ones(20_000_000)  # 160 MB, touched
+        block += 1
+    assert pm.peak_bytes is None or pm.peak_bytes > 100 * 2**20
 
 
 def test_complexity_gap_adapter_falls_back_to_a_ridge_on_conflicting_duplicates():

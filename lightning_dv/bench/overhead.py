@@ -15,6 +15,7 @@ the per-step costs, and the O(N) weight update among them, are still paid in ful
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -124,8 +125,13 @@ def time_fit(
     batch_size: int = 32,
     accelerator: str = "cpu",
     seed: int = 0,
+    measure_memory: bool = True,
 ) -> tuple[float, int | None]:
-    """Wall time (s) and added peak memory (bytes) of one ``Trainer.fit``, plain or with ``objective``."""
+    """Wall time (s) and added peak memory (bytes) of one ``Trainer.fit``, plain or with ``objective``.
+
+    ``measure_memory=False`` skips the sampling thread (it costs CPU time on small machines) and
+    returns ``None`` for the memory.
+    """
     import lightning as L
 
     from lightning_dv.bench.models import BenchClassifier, indexed_loader, quiet_trainer
@@ -144,11 +150,44 @@ def time_fit(
         trainer = quiet_trainer(
             epochs, callbacks=callbacks, accelerator=accelerator, limit_train_batches=max_batches or 1.0
         )
-        with PeakMemory(device) as mem:
+        mem = PeakMemory(device)
+        with mem if measure_memory else contextlib.nullcontext():
             t0 = time.perf_counter()
             trainer.fit(model, loader)
             wall = time.perf_counter() - t0
     return wall, mem.peak_bytes
+
+
+def probe_memory(
+    rows: int,
+    valid: int,
+    variant: str,
+    epochs: int = 1,
+    max_batches: int | None = 200,
+    accelerator: str = "cpu",
+) -> float:
+    """Peak memory (MB) one fit adds, measured in a fresh Python process (data made before measuring)."""
+    import json
+    import subprocess
+
+    code = (
+        "import json, torch; torch.set_num_threads(1); "
+        "from lightning_dv.bench.overhead import _probe; "
+        f"print(json.dumps(_probe({rows}, {valid}, {variant!r}, {epochs}, {max_batches!r}, {accelerator!r})))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"memory probe for N={rows} J={valid} {variant} failed:\n{out.stderr[-2000:]}")
+    peak = json.loads(out.stdout.strip().splitlines()[-1])
+    return float("nan") if peak is None else peak / 2**20
+
+
+def _probe(rows: int, valid: int, variant: str, epochs: int, max_batches: int | None, accelerator: str):
+    """Child side of :func:`probe_memory`: one fit after the data exist; returns the added peak bytes."""
+    x, y = synthetic_data(rows, seed=0)
+    xv, yv = synthetic_data(valid, seed=1)
+    objective = None if variant == "plain" else objective_factories()[variant](xv, yv)
+    return time_fit(x, y, objective, epochs, max_batches, accelerator=accelerator)[1]
 
 
 def run_overhead(
@@ -161,8 +200,13 @@ def run_overhead(
     epochs: int = 1,
     accelerator: str = "cpu",
     log: Callable[[str], None] | None = print,
+    memory: bool = True,
 ):
     """Measure every (N, J, objective) setting; one row per fit, as a DataFrame.
+
+    Times come from fits interleaved in this process. Peak memory comes from one fresh
+    subprocess per (N, J, variant) (:func:`probe_memory`): inside a long-lived process the
+    allocator reuses what earlier fits freed, which hides what a fit needs.
 
     Args:
         rows: Training-set sizes N.
@@ -174,9 +218,11 @@ def run_overhead(
         epochs: Epochs per fit.
         accelerator: Lightning accelerator (``"cpu"`` or ``"gpu"``).
         log: Receives progress lines; None for silence.
+        memory: Measure peak memory in fresh subprocesses (a few seconds each).
 
     Returns:
-        DataFrame with columns ``rows, valid, variant, repeat, wall_s, peak_mb, steps``.
+        DataFrame with columns ``rows, valid, variant, repeat, wall_s, peak_mb, steps``
+        (``peak_mb``: the fresh-process measurement of that setting, NaN without ``memory``).
     """
     import pandas as pd
 
@@ -205,6 +251,7 @@ def run_overhead(
             1,
             4,
             accelerator=accelerator,
+            measure_memory=False,
         )
     records = []
     for n in rows:
@@ -216,10 +263,16 @@ def run_overhead(
             for r in range(repeats):
                 for variant in ["plain", *available]:
                     objective = None if variant == "plain" else factories[variant](xv, yv)
-                    wall, peak = time_fit(
-                        x, y, objective, epochs, max_batches, accelerator=accelerator, seed=r
+                    wall, _ = time_fit(
+                        x,
+                        y,
+                        objective,
+                        epochs,
+                        max_batches,
+                        accelerator=accelerator,
+                        seed=r,
+                        measure_memory=False,
                     )
-                    mb = float("nan") if peak is None else peak / 2**20
                     records.append(
                         {
                             "rows": n,
@@ -227,11 +280,17 @@ def run_overhead(
                             "variant": variant,
                             "repeat": r,
                             "wall_s": wall,
-                            "peak_mb": mb,
                             "steps": steps,
                         }
                     )
-                    say(f"N={n} J={j} repeat {r + 1}/{repeats} {variant}: {wall:.2f} s, peak +{mb:.0f} MB")
+                    say(f"N={n} J={j} repeat {r + 1}/{repeats} {variant}: {wall:.2f} s")
+            for variant in ["plain", *available]:
+                mb = probe_memory(n, j, variant, epochs, max_batches, accelerator) if memory else float("nan")
+                for rec in records:
+                    if (rec["rows"], rec["valid"], rec["variant"]) == (n, j, variant):
+                        rec["peak_mb"] = mb
+                if memory:
+                    say(f"N={n} J={j} {variant}: peak memory added by the fit (fresh process) {mb:.0f} MB")
     return pd.DataFrame(records)
 
 
@@ -239,7 +298,7 @@ def overhead_table(df) -> str:
     """Markdown table of the medians over repeats: time and memory ratios against the plain fit."""
     lines = [
         "| N (train rows) | J (validation) | objective | steps | plain fit (s) | with objective (s) | "
-        "time ratio | peak memory added: plain (MB) | with objective (MB) |",
+        "time ratio | peak memory of the fit: plain (MB) | with objective (MB) |",
         "|---" * 9 + "|",
     ]
     for (n, j), part in df.groupby(["rows", "valid"], sort=True):
@@ -280,6 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"])
     p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--no-memory", action="store_true", help="skip the fresh-process memory probes")
     p.add_argument("--out", default="bench_overhead", help="output folder")
     argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
@@ -298,6 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.max_rows,
         args.epochs,
         args.accelerator,
+        memory=not args.no_memory,
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
