@@ -99,11 +99,16 @@ def detection_auroc(values, noisy) -> float:
         >>> detection_auroc([0.0, 0.1, 5.0, 5.2], [0, 1])
         1.0
     """
+    from scipy.stats import rankdata
+
     v = _as_tensor(values, torch.float64)
     truth = noisy_mask(noisy, v.numel())
     if truth.all() or not truth.any():
         return float("nan")
-    return float(binary_auroc(-v, truth.long()))
+    # binary_auroc squashes scores outside [0, 1] through a sigmoid, which turns heavy-tailed
+    # values into ties; average ranks scaled into (0, 1] keep the order and the ties exactly.
+    ranks = torch.from_numpy(rankdata(-v.numpy(), method="average") / v.numel())
+    return float(binary_auroc(ranks, truth.long()))
 
 
 def discovery_curve(

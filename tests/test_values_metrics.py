@@ -54,6 +54,14 @@ def test_f1_and_auroc_against_references():
     assert float(m2.compute()) == pytest.approx(roc_auc_score(truth, -v))
 
 
+def test_auroc_is_exact_for_heavy_tailed_values():
+    # scores far outside [0, 1] must not be squashed into ties
+    assert detection_auroc([-300.0, -200.0, -100.0, 0.0], [0]) == 1.0
+    v = np.array([1e6, -1e6, 5.0, 5.0, -3.0])
+    truth = np.array([False, True, True, False, False])
+    assert detection_auroc(v, truth) == pytest.approx(roc_auc_score(truth, -v))
+
+
 def test_discovery_curve_counts_noisy_rows_in_lowest_fraction():
     v = np.arange(10.0)
     curve = discovery_curve(v, [0, 1, 9], fractions=[0.1, 0.2, 1.0])
