@@ -3,6 +3,7 @@
 from lightning_dv.callbacks import DataValuation
 from lightning_dv.complexity_gap import ComplexityGapValuation, complexity_gap
 from lightning_dv.data import IndexedDataset
+from lightning_dv.ecoval import EcoVal, EcoValValuation
 from lightning_dv.metrics import (
     DetectionAUROC,
     DetectionF1,
@@ -28,6 +29,8 @@ __all__ = [
     "DataValues",
     "DetectionAUROC",
     "DetectionF1",
+    "EcoVal",
+    "EcoValValuation",
     "IndexedDataset",
     "complexity_gap",
     "detection_auroc",
