@@ -34,11 +34,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 from lightning.pytorch import Callback
-from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch import Tensor
 
-from lightning_dv.data import IndexedDataset
-from lightning_dv.distributed import gather_rows
+from lightning_dv.collect import collect_training_rows
 from lightning_dv.reporting import as_noisy_mask, export_values, log_values
 from lightning_dv.values import DataValues
 
@@ -648,72 +646,31 @@ class ComplexityGapValuation(Callback):
         self.values: DataValues | None = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.train_dataloader is None:
-            trainer.fit_loop.setup_data()  # Lightning loads it lazily; this is what it does itself
-        loader = trainer.train_dataloader
-        if not isinstance(loader, DataLoader):
-            raise TypeError(
-                "ComplexityGapValuation needs a single train DataLoader whose batches are (idx, x, y) from "
-                f"IndexedDataset; got {type(loader).__name__}."
-            )
-        rows, feats, labels = self._collect(loader, pl_module)
-        num_rows = len(loader.dataset)
-        feats_all = gather_rows(rows.to(feats.device), feats, num_rows)
-        labels_all = gather_rows(rows.to(feats.device), labels.to(feats.device, torch.float64), num_rows)
-        seen = torch.nonzero(~torch.isnan(labels_all)).reshape(-1)
-        ids = getattr(loader.dataset, "ids", None) if isinstance(loader.dataset, IndexedDataset) else None
-        device = self.device if self.device is not None else feats.device
-        result = complexity_gap(feats_all[seen], labels_all[seen].cpu(), device=device, **self.options)
-        seen_cpu = seen.cpu()
+        data = collect_training_rows(trainer, pl_module, self.features, caller="ComplexityGapValuation")
+        seen = data.rows
+        device = self.device if self.device is not None else data.features.device
+        result = complexity_gap(data.features, data.labels.cpu(), device=device, **self.options)
         # duplicate_of refers to positions among the valued rows: map it back to dataset rows
         dup = result.columns["duplicate_of"]
-        result.columns["duplicate_of"] = np.where(dup >= 0, seen_cpu.numpy()[np.maximum(dup, 0)], -1)
+        result.columns["duplicate_of"] = np.where(dup >= 0, seen.numpy()[np.maximum(dup, 0)], -1)
         self.values = DataValues(
             values=result.values,
             method=result.method,
-            index=seen_cpu,
-            ids=None if ids is None else np.asarray(ids)[seen_cpu.numpy()],
+            index=seen,
+            ids=data.ids,
             columns=result.columns,
             metadata={
                 **result.metadata,
                 "features": "flatten" if self.features is None else repr(self.features),
             },
         )
-        noisy = as_noisy_mask(self.known_noisy, num_rows)
+        noisy = as_noisy_mask(self.known_noisy, data.num_rows)
         log_values(
             trainer,
             torch.as_tensor(self.values.values),
             step=trainer.global_step,
             prefix=self.prefix,
-            noisy=None if noisy is None else noisy[seen_cpu],
+            noisy=None if noisy is None else noisy[seen],
         )
         if self.export_path is not None:
             export_values(trainer, self.values, self.export_path)
-
-    @torch.no_grad()
-    def _collect(self, loader: DataLoader, pl_module: pl.LightningModule) -> tuple[Tensor, Tensor, Tensor]:
-        dev = pl_module.device
-        if isinstance(self.features, nn.Module):
-            p = next(self.features.parameters(), None)
-            dev = p.device if p is not None else dev
-        rows, feats, labels = [], [], []
-        for batch in loader:
-            if not isinstance(batch, (tuple, list)) or len(batch) < 3:
-                raise TypeError(
-                    "ComplexityGapValuation expects batches (idx, x, y): wrap the training dataset in "
-                    "lightning_dv.IndexedDataset so every batch carries its row index."
-                )
-            idx, x, y = batch[0], batch[1], batch[2]
-            x = x.to(dev)
-            f = x.reshape(x.shape[0], -1) if self.features is None else self.features(x)
-            if f.ndim != 2 or f.shape[0] != x.shape[0]:
-                raise ValueError(
-                    f"`features` must map a batch of {x.shape[0]} inputs to a 2-D tensor (batch, dim); "
-                    f"got shape {tuple(f.shape)}."
-                )
-            rows.append(torch.as_tensor(idx).reshape(-1).long())
-            feats.append(f.detach().to(torch.float64))
-            labels.append(torch.as_tensor(y).reshape(-1).cpu())
-        if not rows:
-            raise ValueError("the train dataloader yielded no batch; there is nothing to value.")
-        return torch.cat(rows), torch.cat(feats), torch.cat(labels)

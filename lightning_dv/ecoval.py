@@ -88,6 +88,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_dv.collect import collect_training_rows
 from lightning_dv.reporting import as_noisy_mask, export_values, log_values
 from lightning_dv.values import DataValues
 
@@ -941,27 +942,12 @@ class EcoValValuation(pl.Callback):
         self.values: DataValues | None = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        from lightning_dv.distributed import all_reduce_max, gather_rows
-
-        loader = trainer.train_dataloader
-        rows, xs, ys = [], [], []
-        for batch in loader:
-            if not (isinstance(batch, (tuple, list)) and len(batch) == 3):
-                raise ValueError(
-                    "EcoValValuation needs batches (row, x, y): wrap the training dataset in IndexedDataset."
-                )
-            idx, x, y = batch
-            rows.append(torch.as_tensor(idx).reshape(-1).long())
-            xs.append(torch.as_tensor(x).reshape(len(idx), -1).float())
-            ys.append(torch.as_tensor(y).reshape(-1).long())
-        rows_t, x_t, y_t = torch.cat(rows), torch.cat(xs), torch.cat(ys)
-        num_rows = int(all_reduce_max(rows_t.max().to(pl_module.device)).item()) + 1
-        x_all = gather_rows(rows_t.to(pl_module.device), x_t.to(pl_module.device), num_rows).cpu()
-        y_all = gather_rows(rows_t.to(pl_module.device), y_t.to(pl_module.device), num_rows, fill=-1).cpu()
-        if (y_all < 0).any():
+        data = collect_training_rows(trainer, pl_module, dtype=torch.float32, caller="EcoValValuation")
+        if not data.complete:
             raise ValueError(
                 "the train dataloader did not yield every row 0..N-1 once; EcoVal values a full dataset."
             )
+        x_all, y_all = data.features.cpu(), data.labels.cpu().long()
         self.values = self.ecoval.fit(x_all, y_all, *self.validation)
         log_and_export(
             trainer, self.values, self.export_path, self.prefix, self.known_noisy, trainer.current_epoch

@@ -341,7 +341,7 @@ def test_clear_errors(fitted):
         EcoVal().value(x, y)
     with pytest.raises(ValueError, match=">= 1"):
         fit_cobb_douglas(np.array([[0, 2], [1, 2], [2, 1]]), np.zeros(3))
-    with pytest.raises(ValueError, match="IndexedDataset"):
+    with pytest.raises(TypeError, match="IndexedDataset"):  # same error as every whole-set callback
         cb = EcoValValuation(EcoVal(**FAST), (xv, yv))
         loader = DataLoader(TensorDataset(torch.tensor(x), torch.tensor(y)), batch_size=64)
         trainer = pl.Trainer(max_epochs=1, callbacks=[cb], logger=False, enable_progress_bar=False)

@@ -1,0 +1,115 @@
+"""Reading the whole training set out of a running fit, for the methods that value it in one go.
+
+The complexity-gap and EcoVal callbacks value the training set before (or instead of) training:
+they read every ``(idx, x, y)`` batch of the trainer's train dataloader once, map the inputs
+through a ``features`` function, and gather the shards of all ranks by row index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from lightning_dv.data import IndexedDataset
+from lightning_dv.distributed import gather_rows
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
+
+@dataclass
+class TrainingRows:
+    """The training rows a train dataloader yielded, gathered over all ranks.
+
+    Attributes:
+        rows: Dataset rows seen by some rank, ascending (CPU, long).
+        features: Their features, shape ``(len(rows), d)``.
+        labels: Their labels (float64; cast as the method needs).
+        num_rows: Size of the dataset.
+        ids: The user's ids of those rows (from ``IndexedDataset(ids=...)``), or None.
+    """
+
+    rows: Tensor
+    features: Tensor
+    labels: Tensor
+    num_rows: int
+    ids: np.ndarray | None
+
+    @property
+    def complete(self) -> bool:
+        """Whether every dataset row was seen."""
+        return self.rows.numel() == self.num_rows
+
+
+@torch.no_grad()
+def collect_training_rows(
+    trainer: pl.Trainer,
+    pl_module: pl.LightningModule,
+    features: Callable[[Tensor], Tensor] | None = None,
+    dtype: torch.dtype = torch.float64,
+    caller: str = "this callback",
+) -> TrainingRows:
+    """Read every ``(idx, x, y)`` batch of the trainer's train dataloader once and gather all ranks.
+
+    Args:
+        trainer: A trainer inside ``fit`` (any hook from ``on_fit_start`` on).
+        pl_module: The module being fit (its device is used unless ``features`` has parameters).
+        features: Maps a batch of inputs to ``(batch, d)``; default: flatten. Runs under no_grad.
+        dtype: dtype of the returned features.
+        caller: Name used in error messages.
+
+    Returns:
+        The gathered :class:`TrainingRows` (identical on every rank).
+    """
+    if trainer.train_dataloader is None:
+        trainer.fit_loop.setup_data()  # Lightning builds the loader lazily; this is how it does so itself
+    loader = trainer.train_dataloader
+    if not isinstance(loader, DataLoader):
+        raise TypeError(
+            f"{caller} needs a single train DataLoader whose batches are (idx, x, y) from IndexedDataset; "
+            f"got {type(loader).__name__}."
+        )
+    device = pl_module.device
+    if isinstance(features, nn.Module):
+        p = next(features.parameters(), None)
+        device = p.device if p is not None else device
+    rows, feats, labels = [], [], []
+    for batch in loader:
+        if not isinstance(batch, (tuple, list)) or len(batch) < 3:
+            raise TypeError(
+                f"{caller} expects batches (idx, x, y): wrap the training dataset in "
+                "lightning_dv.IndexedDataset so every batch carries its row index."
+            )
+        idx, x, y = batch[0], batch[1], batch[2]
+        x = torch.as_tensor(x).to(device)
+        f = x.reshape(x.shape[0], -1) if features is None else features(x)
+        if not isinstance(f, Tensor) or f.ndim != 2 or f.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"`features` must map a batch of {x.shape[0]} inputs to a 2-D tensor (batch, dim); "
+                f"got {tuple(getattr(f, 'shape', ()))}."
+            )
+        rows.append(torch.as_tensor(idx).reshape(-1).long().to(device))
+        feats.append(f.detach().to(dtype))
+        labels.append(torch.as_tensor(y).reshape(-1).to(device, torch.float64))
+    if not rows:
+        raise ValueError("the train dataloader yielded no batch; there is nothing to value.")
+    num_rows = len(loader.dataset)
+    row_t = torch.cat(rows)
+    feats_all = gather_rows(row_t, torch.cat(feats), num_rows)
+    labels_all = gather_rows(row_t, torch.cat(labels), num_rows)
+    seen = torch.nonzero(~torch.isnan(labels_all)).reshape(-1)
+    dataset_ids = loader.dataset.ids if isinstance(loader.dataset, IndexedDataset) else None
+    seen_cpu = seen.cpu()
+    return TrainingRows(
+        rows=seen_cpu,
+        features=feats_all[seen],
+        labels=labels_all[seen],
+        num_rows=num_rows,
+        ids=None if dataset_ids is None else np.asarray(dataset_ids)[seen_cpu.numpy()],
+    )
