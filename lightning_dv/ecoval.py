@@ -782,18 +782,12 @@ class EcoVal:
 
         self._ref_x, self._ref_y = x_feat, y_t
         intrinsic = neighbour_agreement(x_feat, y_t, x_feat, y_t, self.n_neighbors).numpy()
-        values = intrinsic + self._weighted_score()[cluster]
         wall = time.perf_counter() - t0
         log.info("EcoVal: done in %.1f s (trainings %.1f s, fit R^2 %.3f)", wall, t_train, self.production.r2)
-        return DataValues(
-            values=values,
-            method="ecoval",
-            columns={
-                "cluster": cluster,
-                "intrinsic": intrinsic,
-                "extrinsic": self.cluster_extrinsic[cluster],
-            },
-            metadata={
+        return self._result(
+            cluster,
+            intrinsic,
+            {
                 "n_trainings": int(n_subsets),
                 "wall_time_s": wall,
                 "training_time_s": t_train,
@@ -807,6 +801,19 @@ class EcoVal:
                 "utility_full": float(math.exp(log_u[0])),
                 "utility_model": self.utility_model if isinstance(self.utility_model, str) else "lightning",
             },
+        )
+
+    def _result(self, cluster: np.ndarray, intrinsic: np.ndarray, metadata: dict[str, Any]) -> DataValues:
+        """Total value = intrinsic + weighted cluster score, with the parts as columns."""
+        return DataValues(
+            values=intrinsic + self._weighted_score()[cluster],
+            method="ecoval",
+            columns={
+                "cluster": cluster,
+                "intrinsic": intrinsic,
+                "extrinsic": self.cluster_extrinsic[cluster],
+            },
+            metadata=metadata,
         )
 
     def value(self, x: Any, y: Any) -> DataValues:
@@ -841,17 +848,7 @@ class EcoVal:
                 )
         cluster = self._nearest_centroid(feats.double().numpy(), y_np)
         intrinsic = neighbour_agreement(self._ref_x, self._ref_y, feats, y_t, self.n_neighbors).numpy()
-        values = intrinsic + self._weighted_score()[cluster]
-        return DataValues(
-            values=values,
-            method="ecoval",
-            columns={
-                "cluster": cluster,
-                "intrinsic": intrinsic,
-                "extrinsic": self.cluster_extrinsic[cluster],
-            },
-            metadata={"out_of_sample": True, "n_trainings": 0},
-        )
+        return self._result(cluster, intrinsic, {"out_of_sample": True, "n_trainings": 0})
 
 
 # --------------------------------------------------------------------------------------------
