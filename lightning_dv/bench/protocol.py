@@ -299,8 +299,10 @@ def summary_markdown(df, command: str | None = None) -> str:
 def _method_colors(methods: Sequence[str]) -> dict[str, tuple]:
     import matplotlib
 
-    cmap = matplotlib.colormaps["tab10"]
-    return {m: cmap(i % 10) for i, m in enumerate(methods)}
+    # tab10 while it suffices; tab20 keeps up to 20 methods apart.
+    n = 10 if len(methods) <= 10 else 20
+    cmap = matplotlib.colormaps[f"tab{n}"]
+    return {m: cmap(i % n) for i, m in enumerate(methods)}
 
 
 def plot_results(df, out_dir: str | os.PathLike) -> list[Path]:
