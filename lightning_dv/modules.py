@@ -11,14 +11,17 @@ from lightning_dv.mixin import DataValuationMixin
 
 
 class MLPClassifier(DataValuationMixin, L.LightningModule):
-    """A one-hidden-layer MLP whose ``training_step`` returns ``valuation_loss``.
+    """A one-hidden-layer MLP (or, with ``hidden=0``, a linear model) whose ``training_step``
+    returns ``valuation_loss``.
 
     Args:
         in_features: Input dimension.
         num_outputs: Number of classes (classification) or targets (regression).
-        hidden: Hidden width.
+        hidden: Hidden width; 0 gives a linear (logistic / least-squares) model.
         lr: Adam learning rate (the LossVal paper shares lr 0.01 between model and weights).
         regression: Squared-error loss (summed over outputs) instead of cross-entropy.
+        valuate: Route the loss through ``valuation_loss`` (needs a ``DataValuation`` callback);
+            ``False`` trains on the plain mean loss, the baseline the overhead benchmark times.
 
     Example:
         >>> model = MLPClassifier(in_features=4, num_outputs=3)
@@ -27,12 +30,23 @@ class MLPClassifier(DataValuationMixin, L.LightningModule):
     """
 
     def __init__(
-        self, in_features: int, num_outputs: int, hidden: int = 64, lr: float = 0.01, regression: bool = False
+        self,
+        in_features: int,
+        num_outputs: int,
+        hidden: int = 64,
+        lr: float = 0.01,
+        regression: bool = False,
+        valuate: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, num_outputs))
-        self.lr, self.regression = lr, regression
+        if hidden > 0:
+            self.net = nn.Sequential(
+                nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, num_outputs)
+            )
+        else:
+            self.net = nn.Linear(in_features, num_outputs)
+        self.lr, self.regression, self.valuate = lr, regression, valuate
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -47,7 +61,11 @@ class MLPClassifier(DataValuationMixin, L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> Tensor:
         idx, x, y = batch
         out = self(x)
-        loss = self.valuation_loss(self.per_sample_loss(out, y), idx, inputs=x, outputs=out, targets=y)
+        per_sample = self.per_sample_loss(out, y)
+        if self.valuate:
+            loss = self.valuation_loss(per_sample, idx, inputs=x, outputs=out, targets=y)
+        else:
+            loss = per_sample.mean()
         self.log("train_loss", loss.detach(), prog_bar=True, on_step=False, on_epoch=True)
         return loss
 

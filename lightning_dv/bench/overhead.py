@@ -1,7 +1,7 @@
 """Training overhead of valuation: a plain Lightning fit against the same fit with each objective.
 
 For every training-set size N and validation size J, the same model
-(:class:`~lightning_dv.bench.models.BenchClassifier`) is fit on the same synthetic
+(:class:`~lightning_dv.modules.MLPClassifier`) is fit on the same synthetic
 Gaussian-logistic data ``repeats`` times without valuation and with each objective, interleaved
 in one process so that drift hits all variants alike. Reported: the median over repeats of the
 wall-time ratio ``t(objective) / t(plain)`` (each repeat's ratio uses that repeat's plain fit)
@@ -134,10 +134,11 @@ def time_fit(
     """
     import lightning as L
 
-    from lightning_dv.bench.models import BenchClassifier, indexed_loader, quiet_trainer
+    from lightning_dv.bench.models import indexed_loader, quiet_trainer
+    from lightning_dv.modules import MLPClassifier
 
     L.seed_everything(seed, verbose=False)
-    model = BenchClassifier(x.shape[1], int(y.max()) + 1, valuate=objective is not None)
+    model = MLPClassifier(x.shape[1], int(y.max()) + 1, valuate=objective is not None)
     callbacks = []
     if objective is not None:
         data_valuation = _import_project(

@@ -111,7 +111,7 @@ def fit_with_objective(
 ) -> DataValues:
     """Value ``split``'s training rows with a training-time objective through a real Lightning fit.
 
-    The model is :class:`~lightning_dv.bench.models.BenchClassifier` (Adam, lr 0.01, batch 32),
+    The model is :class:`~lightning_dv.modules.MLPClassifier` (Adam, lr 0.01, batch 32),
     exactly the user journey: the mixin's ``valuation_loss`` in ``training_step`` and a
     ``DataValuation`` callback on the trainer. ``make_objective()`` builds the objective (inside
     the quiet context, so its warnings about the tiny proportional splits stay out of the logs).
@@ -119,10 +119,11 @@ def fit_with_objective(
     import lightning as L
 
     callback = _import_project("lightning_dv.callbacks", "DataValuation", "the DataValuation callback")
-    from lightning_dv.bench.models import BenchClassifier, indexed_loader, quiet_trainer
+    from lightning_dv.bench.models import indexed_loader, quiet_trainer
+    from lightning_dv.modules import MLPClassifier
 
     L.seed_everything(seed, verbose=False)
-    model = BenchClassifier(split.x_train.shape[1], split.num_classes, hidden=hidden)
+    model = MLPClassifier(split.x_train.shape[1], split.num_classes, hidden=hidden)
     with quiet_lightning():
         valuation = callback(make_objective())
         trainer = quiet_trainer(epochs, callbacks=[valuation])
