@@ -416,3 +416,20 @@ def test_ddp_meta_step_keeps_the_weight_network_identical_on_both_ranks(tmp_path
     np.testing.assert_array_equal(r0["values"], r1["values"])
     assert float(r0["steps"]) == 2 * 7  # 51 rows per rank, batch 8: 7 steps per epoch
     assert (r0["seen"] == 2).all()
+
+
+def test_upper_scale_keeps_order_and_lets_2_means_cut_in_the_low_tail():
+    from lightning_dv.metrics import detection_auroc, kmeans_f1
+    from lightning_dv.objectives.nddv import robust_clip
+
+    g = torch.Generator().manual_seed(0)
+    clean = torch.randn(900, generator=g).abs() * 3.0  # clean rows: a long upper tail
+    noisy = -2.0 - torch.rand(100, generator=g)  # corrupted rows: a low tail
+    v = torch.cat([clean, noisy])
+    rows = np.arange(900, 1000)
+    plain, squeezed = robust_clip(v), robust_clip(v, upper_scale=0.1)
+    assert torch.equal(plain.argsort(stable=True), squeezed.argsort(stable=True))
+    assert detection_auroc(plain, rows) == detection_auroc(squeezed, rows)
+    assert kmeans_f1(squeezed, rows) > kmeans_f1(plain, rows) + 0.2
+    with pytest.raises(ValueError, match="upper_scale"):
+        NDDV(upper_scale=0.0)

@@ -195,12 +195,14 @@ def robust_score(x: Tensor) -> Tensor:
     return (x - med) / scale
 
 
-def robust_clip(x: Tensor, fence: float | None = None) -> Tensor:
+def robust_clip(x: Tensor, fence: float | None = None, upper_scale: float = 1.0) -> Tensor:
     """Robust standard score clipped to ``[-fence, fence]``: the bulk is untouched, no row can own a cluster.
 
     A single row at distance ``d`` from ``n`` others of standard deviation ``s`` forms its own
     2-means cluster only when ``d^2 > (2 / pi) n s^2``, i.e. ``d > ~0.8 sqrt(n) s``. The default
     fence ``max(3, 0.5 sqrt(n))`` robust standard deviations stays below that, whatever the tail.
+    ``upper_scale < 1`` then compresses the scores above the median (strictly monotone, so the
+    order of the rows, hence AUROC and any ranking, is unchanged).
 
     Example:
         >>> v = torch.cat([torch.linspace(-1, 1, 99), torch.tensor([1e6])])
@@ -209,7 +211,8 @@ def robust_clip(x: Tensor, fence: float | None = None) -> Tensor:
         True
     """
     fence = max(3.0, 0.5 * x.numel() ** 0.5) if fence is None else float(fence)
-    return robust_score(x).clamp(-fence, fence).float()
+    z = robust_score(x).clamp(-fence, fence)
+    return torch.where(z > 0, z * upper_scale, z).float()
 
 
 class WeightNet(nn.Module):
@@ -327,6 +330,9 @@ class NDDV(ValuationObjective):
         calibration: ``"robust"`` (median/MAD standard score clipped at ``fence``; the default) or
             ``"marginal"`` (the paper's ``v_i - mean_{j != i} v_j``, heavy-tailed).
         fence: Clip of the robust score, in robust standard deviations (default ``max(3, 0.5 sqrt(N))``).
+        upper_scale: With ``"robust"``, scores above the median are multiplied by this factor
+            (order-preserving): the clean bulk becomes compact, so 2-means cuts in the low tail
+            where corrupted rows sit instead of inside the clean rows. 1 disables it.
         aggregate: ``"mean"`` (default): a row's value is the mean of its state x costate values
             over the epochs it was seen (the value integrated along training, robust to late
             memorisation of noisy labels); ``"last"``: the value of the latest epoch.
@@ -361,6 +367,7 @@ class NDDV(ValuationObjective):
         calibration: str = "robust",
         aggregate: str = "mean",
         fence: float | None = None,
+        upper_scale: float = 0.1,
         lr: float | None = None,
         pseudo_lr: float = 0.1,
         meta_batch_size: int = 100,
@@ -381,6 +388,8 @@ class NDDV(ValuationObjective):
             )
         if interaction < 0:
             raise ValueError(f"`interaction` must be >= 0; got {interaction}.")
+        if not 0 < upper_scale <= 1:
+            raise ValueError(f"`upper_scale` must lie in (0, 1]; got {upper_scale}.")
         if fence is not None and fence <= 0:
             raise ValueError(f"`fence` must be > 0 (robust standard deviations); got {fence}.")
         if lr is not None and lr <= 0:
@@ -391,7 +400,7 @@ class NDDV(ValuationObjective):
                 f"{meta_batch_size}, {hidden}."
             )
         self.weighting, self.calibration, self.aggregate = weighting, calibration, aggregate
-        self.interaction, self.fence = float(interaction), fence
+        self.interaction, self.fence, self.upper_scale = float(interaction), fence, float(upper_scale)
         self.lr = float(lr if lr is not None else (0.01 if weighting == "softplus" else 1e-3))
         self.pseudo_lr, self.meta_batch_size = float(pseudo_lr), meta_batch_size
         self.hidden, self.seed = hidden, seed
@@ -638,7 +647,7 @@ class NDDV(ValuationObjective):
         seen = state.seen.detach() > 0
         out = torch.zeros_like(phi)  # rows never seen sit at the median
         if bool(seen.any()):
-            out[seen] = robust_clip(phi[seen], self.fence).to(out)
+            out[seen] = robust_clip(phi[seen], self.fence, self.upper_scale).to(out)
         return out
 
     def extra_columns(self, state: nn.Module) -> dict[str, Tensor]:
