@@ -22,8 +22,8 @@ class IndexedDataset(Dataset):
         >>> from torch.utils.data import TensorDataset
         >>> ds = IndexedDataset(TensorDataset(torch.zeros(3, 2), torch.tensor([0, 1, 0])), ids=["a", "b", "c"])
         >>> idx, x, y = ds[1]
-        >>> idx, x.shape, int(y), ds.ids[1]
-        (1, torch.Size([2]), 1, 'b')
+        >>> idx, tuple(x.shape), int(y), str(ds.ids[1])
+        (1, (2,), 1, 'b')
     """
 
     def __init__(self, dataset: Dataset, ids: Sequence[Any] | None = None) -> None:
