@@ -29,13 +29,12 @@ import warnings
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_dv import DataValuation, DataValuationMixin, IndexedDataset, LossVal
+from lightning_dv import DataValuation, LossVal
+from lightning_dv.bench.models import indexed_loader, quiet_trainer
 from lightning_dv.datasets import make_split
 from lightning_dv.metrics import detection_auroc, kmeans_f1
+from lightning_dv.modules import MLPClassifier
 from lightning_dv.objectives.nddv import NDDV, robust_score
 
 DATASETS = ("digits", "breast_cancer", "gaussian")
@@ -43,52 +42,13 @@ NOISES = (0.1, 0.2)
 SQUASHES = (3.0, 5.0, 10.0, 20.0)
 
 
-class Net(DataValuationMixin, L.LightningModule):
-    """The benchmark model: a 64-unit MLP whose training step returns ``valuation_loss``."""
-
-    def __init__(self, d_in: int, n_classes: int, hidden: int = 64, lr: float = 0.01) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, n_classes))
-        self.lr = lr
-
-    def forward(self, x):
-        return self.net(x)
-
-    def training_step(self, batch, batch_idx):
-        idx, x, y = batch
-        out = self(x)
-        return self.valuation_loss(
-            F.cross_entropy(out, y, reduction="none"), idx, inputs=x, outputs=out, targets=y
-        )
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.lr)
-
-
-class PlainNet(Net):
-    """The same model with the plain mean loss (the overhead baseline)."""
-
-    def training_step(self, batch, batch_idx):
-        idx, x, y = batch
-        return F.cross_entropy(self(x), y)
-
-
 def fit(split, objective, epochs: int, seed: int, plain: bool = False):
     L.seed_everything(seed, verbose=False)
-    model = (PlainNet if plain else Net)(split.x_train.shape[1], split.num_classes)
-    ds = IndexedDataset(TensorDataset(torch.as_tensor(split.x_train), torch.as_tensor(split.y_train)))
-    loader = DataLoader(ds, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    # the 64-unit MLP of every benchmark; valuate=False is the plain mean-loss fit (overhead baseline)
+    model = MLPClassifier(split.x_train.shape[1], split.num_classes, valuate=not plain)
+    loader = indexed_loader(split.x_train, split.y_train, seed=seed)
     callbacks = [] if plain else [DataValuation(objective)]
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        callbacks=callbacks,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(epochs, callbacks=callbacks)
     start = time.perf_counter()
     trainer.fit(model, loader)
     seconds = time.perf_counter() - start
