@@ -260,14 +260,15 @@ class DataValuation(Callback):
 
     def _check_values(self, per_sample_loss: Tensor, idx: Tensor) -> None:
         n = self.num_samples
-        lo, hi = int(idx.min()), int(idx.max())
+        bad = ~torch.isfinite(per_sample_loss.detach())
+        # one host sync per step for all three checks
+        lo, hi, any_bad = torch.stack([idx.min(), idx.max(), bad.any().long()]).tolist()
         if lo < 0 or hi >= n:
             raise IndexError(
                 f"row index {hi if hi >= n else lo} is outside the training set of {n} rows: `idx` must be "
                 "the dataset row (0..N-1) as yielded by `IndexedDataset`, and the dataset must not change size."
             )
-        bad = ~torch.isfinite(per_sample_loss.detach())
-        if bool(bad.any()):
+        if any_bad:
             rows = idx[bad].tolist()
             shown = ", ".join(map(str, rows[:20])) + (" ..." if len(rows) > 20 else "")
             raise FloatingPointError(
