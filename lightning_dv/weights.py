@@ -8,6 +8,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from lightning_dv._validation import check_choice
+
 CONSTRAINTS = ("none", "softplus", "clamp")
 
 
@@ -48,8 +50,7 @@ class SampleWeights(Float32Module):
 
     def __init__(self, num_samples: int, init: float = 1.0, constraint: str = "none", min_value: float = 0.0):
         super().__init__()
-        if constraint not in CONSTRAINTS:
-            raise ValueError(f"`constraint={constraint!r}` is not supported; use one of {CONSTRAINTS}.")
+        check_choice("constraint", constraint, CONSTRAINTS)
         if num_samples < 1:
             raise ValueError(f"`num_samples` must be >= 1; got {num_samples}.")
         if constraint == "softplus" and init <= 0:

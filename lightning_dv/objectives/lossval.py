@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lightning_dv._validation import check_choice
 from lightning_dv.distributed import all_reduce_max
 from lightning_dv.objectives.base import ValuationObjective, ValuationStep
 from lightning_dv.ot import CachedSinkhornDivergence, bounding_diameter
@@ -96,12 +97,9 @@ class LossVal(ValuationObjective):
         validation_subsample: int | None = None,
         backend: str = "tensorized",
     ) -> None:
-        if mass not in MASSES:
-            raise ValueError(f"`mass={mass!r}` is not supported; use one of {MASSES}.")
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"`reduction={reduction!r}` is not supported; use one of {REDUCTIONS}.")
-        if constraint not in CONSTRAINTS:
-            raise ValueError(f"`constraint={constraint!r}` is not supported; use one of {CONSTRAINTS}.")
+        check_choice("mass", mass, MASSES)
+        check_choice("reduction", reduction, REDUCTIONS)
+        check_choice("constraint", constraint, CONSTRAINTS)
         if lr <= 0:
             raise ValueError(f"`lr` must be > 0; got {lr}.")
         if diameter is not None and not diameter > 0:

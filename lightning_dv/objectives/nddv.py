@@ -86,6 +86,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from lightning_dv._validation import check_choice
 from lightning_dv.distributed import all_reduce_max, all_reduce_sum, gather_rows, is_distributed
 from lightning_dv.models import ControlledDynamicsNet
 from lightning_dv.objectives.base import ValuationObjective, ValuationStep
@@ -375,12 +376,9 @@ class NDDV(ValuationObjective):
         hidden: int = 100,
         seed: int = 0,
     ) -> None:
-        if weighting not in WEIGHTINGS:
-            raise ValueError(f"`weighting={weighting!r}` is not supported; use one of {WEIGHTINGS}.")
-        if calibration not in CALIBRATIONS:
-            raise ValueError(f"`calibration={calibration!r}` is not supported; use one of {CALIBRATIONS}.")
-        if aggregate not in AGGREGATES:
-            raise ValueError(f"`aggregate={aggregate!r}` is not supported; use one of {AGGREGATES}.")
+        check_choice("weighting", weighting, WEIGHTINGS)
+        check_choice("calibration", calibration, CALIBRATIONS)
+        check_choice("aggregate", aggregate, AGGREGATES)
         if weighting == "meta" and meta is None:
             raise ValueError(
                 "`weighting='meta'` trains the weight network on a small clean meta set: pass "
