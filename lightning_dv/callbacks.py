@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_dv.data import IndexedDataset
-from lightning_dv.export import check_export_path
+from lightning_dv.export import check_export_path, check_export_suffix
 from lightning_dv.objectives.base import ValuationObjective, ValuationStep
 from lightning_dv.reporting import as_noisy_mask, export_values, log_values
 from lightning_dv.values import DataValues
@@ -74,12 +74,7 @@ class DataValuation(Callback):
                 f"got {type(objective).__name__}."
             )
         if export_path is not None:
-            from lightning_dv.export import SUPPORTED_SUFFIXES
-
-            if os.path.splitext(str(export_path))[1].lower() not in SUPPORTED_SUFFIXES:
-                raise ValueError(
-                    f"`export_path={str(export_path)!r}` must end in one of {', '.join(SUPPORTED_SUFFIXES)}."
-                )
+            check_export_suffix(export_path)  # folder checks wait for setup (rank zero only)
         if num_samples is not None and num_samples < 1:
             raise ValueError(f"`num_samples` must be >= 1; got {num_samples}.")
         if log_every_n_epochs < 1:

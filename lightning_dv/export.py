@@ -10,6 +10,22 @@ from pathlib import Path
 SUPPORTED_SUFFIXES = (".csv", ".parquet", ".npz")
 
 
+def check_export_suffix(path: str | os.PathLike, argument: str = "export_path") -> Path:
+    """Check only that the extension names a supported format (no file-system access).
+
+    Example:
+        >>> check_export_suffix("values.npz").suffix
+        '.npz'
+    """
+    p = Path(path)
+    if p.suffix.lower() not in SUPPORTED_SUFFIXES:
+        raise ValueError(
+            f"`{argument}={str(path)!r}` has an unsupported extension {p.suffix!r}; "
+            f"it must end in one of {', '.join(SUPPORTED_SUFFIXES)}."
+        )
+    return p
+
+
 def check_export_path(path: str | os.PathLike, argument: str = "export_path") -> Path:
     """Validate an export path before any work is done.
 
@@ -28,12 +44,7 @@ def check_export_path(path: str | os.PathLike, argument: str = "export_path") ->
         >>> check_export_path("values.csv").suffix
         '.csv'
     """
-    p = Path(path)
-    if p.suffix.lower() not in SUPPORTED_SUFFIXES:
-        raise ValueError(
-            f"`{argument}={str(path)!r}` has an unsupported extension {p.suffix!r}; "
-            f"use one of {', '.join(SUPPORTED_SUFFIXES)}."
-        )
+    p = check_export_suffix(path, argument)
     if p.exists() and p.is_dir():
         raise ValueError(f"`{argument}={str(path)!r}` is a directory; give a file name such as 'values.csv'.")
     parent = p.parent if str(p.parent) else Path(".")
