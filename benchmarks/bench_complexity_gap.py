@@ -3,14 +3,14 @@
 Three parts (each a median over ``--repeats`` runs where it is a timing):
 
 1. ``loop``: one one-vs-rest class problem of ``m`` rows (``m/2`` scored positives, ``m/2``
-   negatives, d = 784, synthetic), scored by :func:`lightning_dv.complexity_gap.cg_scores` (one
+   negatives, d = 784, synthetic), scored by :func:`lightning_dv.methods.complexity_gap.cg_scores` (one
    Cholesky) and by a reference implementation of the per-row loop the authors use (invert ``H``
    once; for every scored row downdate the inverse by the rank-one formula, copying the
    ``(m-1) x (m-1)`` block, and re-evaluate ``y^T H^-1 y``). Reports both times, their ratio, and
    the largest difference between the two scores (they are the same quantity).
 2. ``scale``: one class problem of ``m = 10000`` rows, d = 784: time per phase (Gram matrix,
    Cholesky, diagonal of the inverse) and peak resident memory of a fresh process running the
-   whole problem through :func:`lightning_dv.complexity_gap.cg_scores`, next to the predicted need.
+   whole problem through :func:`lightning_dv.methods.complexity_gap.cg_scores`, next to the predicted need.
 3. ``detect``: 2-means F1 and AUROC of the values against the injected noisy rows on digits and
    breast_cancer at 10% label noise (``make_split``, OpenDataVal protocol), over ``--seeds``.
 
@@ -48,14 +48,14 @@ import time
 import numpy as np
 import torch
 
-from lightning_dv.complexity_gap import (
+from lightning_dv.datasets import make_split
+from lightning_dv.methods.complexity_gap.core import (
     _inverse_column_norms,
     cg_scores,
     complexity_gap,
     ntk_gram_,
     problem_memory_bytes,
 )  # the phase timings call the solver's own steps
-from lightning_dv.datasets import make_split
 from lightning_dv.metrics import detection_auroc, kmeans_f1
 
 
@@ -125,7 +125,7 @@ import json, sys, time, torch
 torch.set_num_threads(int(sys.argv[3]))
 sys.path.insert(0, sys.argv[4])
 from bench_complexity_gap import synthetic_problem
-from lightning_dv.complexity_gap import cg_scores
+from lightning_dv.methods.complexity_gap.core import cg_scores
 
 def hwm():  # peak RSS of this process image (VmHWM resets at exec; ru_maxrss keeps the parent's)
     with open("/proc/self/status") as fh:

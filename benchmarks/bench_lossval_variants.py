@@ -14,9 +14,9 @@ import sys
 
 import torch
 
-from lightning_dv.bench.protocol import run_protocol, write_report
-from lightning_dv.bench.registry import fit_with_objective, register
-from lightning_dv.objectives.lossval import LossVal
+from benchmarks.protocol import run_protocol, write_report
+from benchmarks.registry import fit_with_objective, register
+from lightning_dv.methods.lossval import LossVal
 
 VARIANTS = {
     "lossval": ({}, 30),

@@ -30,12 +30,12 @@ import lightning as L
 import numpy as np
 import torch
 
+from benchmarks.fitting import indexed_loader, quiet_trainer
 from lightning_dv import DataValuation, LossVal
-from lightning_dv.bench.models import indexed_loader, quiet_trainer
 from lightning_dv.datasets import make_split
+from lightning_dv.methods.nddv.objective import NDDV, robust_score
 from lightning_dv.metrics import detection_auroc, kmeans_f1
 from lightning_dv.modules import MLPClassifier
-from lightning_dv.objectives.nddv import NDDV, robust_score
 
 DATASETS = ("digits", "breast_cancer", "gaussian")
 NOISES = (0.1, 0.2)

@@ -1,9 +1,11 @@
 """lightning-dv: data valuation as a by-product of PyTorch Lightning training."""
 
 from lightning_dv.callbacks import DataValuation
-from lightning_dv.complexity_gap import ComplexityGapValuation, complexity_gap
 from lightning_dv.data import IndexedDataset
-from lightning_dv.ecoval import EcoVal, EcoValValuation
+from lightning_dv.methods import NDDV, LossVal, ValuationObjective, ValuationStep
+from lightning_dv.methods.complexity_gap import ComplexityGapValuation, complexity_gap
+from lightning_dv.methods.ecoval import EcoVal, EcoValValuation
+from lightning_dv.methods.nddv.dynamics import ControlledDynamicsNet
 from lightning_dv.metrics import (
     DetectionAUROC,
     DetectionF1,
@@ -13,8 +15,6 @@ from lightning_dv.metrics import (
     two_means_split,
 )
 from lightning_dv.mixin import DataValuationMixin
-from lightning_dv.models import ControlledDynamicsNet
-from lightning_dv.objectives import NDDV, LossVal, ValuationObjective, ValuationStep
 from lightning_dv.values import DataValues
 
 __all__ = [

@@ -42,8 +42,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=not args.no_progress,
         )
         return 0
-    from lightning_dv.bench import main as bench_main
-
+    try:
+        from benchmarks import main as bench_main
+    except ImportError:
+        parser.exit(
+            2,
+            "lightning-dv bench: the benchmark package is not installed; it ships with the source checkout, "
+            "not the wheel. Run it from the repository root: `python -m benchmarks --help`.\n",
+        )
     return int(bench_main(rest) or 0)
 
 

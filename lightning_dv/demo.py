@@ -14,9 +14,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_dv.callbacks import DataValuation
 from lightning_dv.data import IndexedDataset
 from lightning_dv.datasets import make_split
+from lightning_dv.methods.lossval import LossVal
 from lightning_dv.metrics import detection_auroc, kmeans_f1, two_means_split
 from lightning_dv.modules import MLPClassifier
-from lightning_dv.objectives.lossval import LossVal
 from lightning_dv.values import DataValues
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from lightning_dv.export import atomic_write, check_export_path
+from lightning_dv.io import atomic_write, check_export_path
 
 
 def _to_numpy(x: Any, dtype: Any = None) -> np.ndarray:

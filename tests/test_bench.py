@@ -9,17 +9,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lightning_dv.bench import baselines
-from lightning_dv.bench.baselines import MethodUnavailable, data_oob, knn_shapley, loss_only
-from lightning_dv.bench.cli import main
-from lightning_dv.bench.protocol import (
+from benchmarks import baselines
+from benchmarks.baselines import MethodUnavailable, data_oob, knn_shapley, loss_only
+from benchmarks.cli import main
+from benchmarks.protocol import (
     align_values,
     discovery_area,
     removal_accuracy,
     run_protocol,
     write_report,
 )
-from lightning_dv.bench.registry import METHODS, register
+from benchmarks.registry import METHODS, register
 from lightning_dv.datasets import make_split
 from lightning_dv.metrics import detection_auroc
 from lightning_dv.values import DataValues
@@ -253,7 +253,7 @@ def test_cli_main_runs_and_rejects_unknown_methods(tmp_path, capsys):
     rc = main([*args.split(), "--out", str(out)])
     assert rc == 0
     assert len(pd.read_csv(out / "runs.csv")) == 2
-    assert "python -m lightning_dv.bench --methods random knn_shapley" in (out / "summary.md").read_text()
+    assert "python -m benchmarks --methods random knn_shapley" in (out / "summary.md").read_text()
     assert main(["--methods", "nope", "--out", str(out)]) == 2
     assert "unknown method" in capsys.readouterr().err
 
@@ -269,7 +269,7 @@ def test_lossval_adapter_runs_a_real_lightning_fit():
 
 
 def test_overhead_benchmark_measures_plain_and_objective_fits():
-    from lightning_dv.bench.overhead import PeakMemory, overhead_table, run_overhead
+    from benchmarks.overhead import PeakMemory, overhead_table, run_overhead
 
     try:
         df = run_overhead(

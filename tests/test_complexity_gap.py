@@ -21,14 +21,14 @@ from tensorboard.backend.event_processing.event_accumulator import (
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_dv.complexity_gap import (
+from lightning_dv.data import IndexedDataset
+from lightning_dv.methods.complexity_gap.core import (
     ComplexityGapValuation,
     NotPositiveDefiniteError,
     cg_scores,
     complexity_gap,
     plan_problems,
 )
-from lightning_dv.data import IndexedDataset
 from lightning_dv.metrics import detection_auroc
 from lightning_dv.values import DataValues
 
@@ -364,7 +364,7 @@ DDP_SCRIPT = """
 import sys, numpy as np, torch, lightning as L
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-from lightning_dv.complexity_gap import ComplexityGapValuation
+from lightning_dv.methods.complexity_gap.core import ComplexityGapValuation
 from lightning_dv.data import IndexedDataset
 
 class Tiny(L.LightningModule):

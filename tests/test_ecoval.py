@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_dv.data import IndexedDataset
-from lightning_dv.ecoval import (
+from lightning_dv.methods.ecoval.core import (
     EcoVal,
     EcoValValuation,
     fit_cobb_douglas,
@@ -241,7 +241,7 @@ def test_progress_is_logged_per_block_of_subsets(caplog):
     import logging
 
     x, y, xv, yv = blobs(0, n=30, group=0)
-    with caplog.at_level(logging.INFO, logger="lightning_dv.ecoval"):
+    with caplog.at_level(logging.INFO, logger="lightning_dv.methods.ecoval"):
         EcoVal(n_clusters=4, n_subsets=20, steps=10, subset_batch=8).fit(x, y, xv, yv)
     text = caplog.text
     assert "60 rows in 4 clusters; 20 trainings" in text

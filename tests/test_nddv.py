@@ -22,10 +22,9 @@ from tensorboard.backend.event_processing.event_accumulator import (
 from torch import nn
 
 from lightning_dv import DataValuation, DataValuationMixin
-from lightning_dv.metrics import detection_auroc, two_means_split
-from lightning_dv.models import ControlledDynamicsNet
-from lightning_dv.objectives.base import ValuationStep
-from lightning_dv.objectives.nddv import (
+from lightning_dv.methods.base import ValuationStep
+from lightning_dv.methods.nddv.dynamics import ControlledDynamicsNet
+from lightning_dv.methods.nddv.objective import (
     NDDV,
     marginal_calibration,
     robust_clip,
@@ -33,6 +32,7 @@ from lightning_dv.objectives.nddv import (
     state_costate_value,
     terminal_probabilities,
 )
+from lightning_dv.metrics import detection_auroc, two_means_split
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -333,7 +333,7 @@ import sys, numpy as np, torch, lightning as L
 sys.path.insert(0, {tests!r})
 from helpers import MLP, loader, seeded
 from lightning_dv import DataValuation
-from lightning_dv.objectives.nddv import NDDV
+from lightning_dv.methods.nddv import NDDV
 
 out, devices = sys.argv[1], int(sys.argv[2])
 g = torch.Generator().manual_seed(0)
@@ -382,7 +382,7 @@ import sys, numpy as np, torch, lightning as L
 sys.path.insert(0, {tests!r})
 from helpers import MLP, loader, seeded
 from lightning_dv import DataValuation
-from lightning_dv.objectives.nddv import NDDV
+from lightning_dv.methods.nddv import NDDV
 
 out = sys.argv[1]
 g = torch.Generator().manual_seed(0)
@@ -419,8 +419,8 @@ def test_ddp_meta_step_keeps_the_weight_network_identical_on_both_ranks(tmp_path
 
 
 def test_upper_scale_keeps_order_and_lets_2_means_cut_in_the_low_tail():
+    from lightning_dv.methods.nddv.objective import robust_clip
     from lightning_dv.metrics import detection_auroc, kmeans_f1
-    from lightning_dv.objectives.nddv import robust_clip
 
     g = torch.Generator().manual_seed(0)
     clean = torch.randn(900, generator=g).abs() * 3.0  # clean rows: a long upper tail

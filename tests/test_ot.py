@@ -6,7 +6,7 @@ import pytest
 import torch
 from geomloss import SamplesLoss
 
-from lightning_dv.ot import CachedSinkhornDivergence
+from lightning_dv.methods.lossval.ot import CachedSinkhornDivergence
 
 
 @pytest.mark.parametrize("uniform", [False, True])

@@ -96,7 +96,7 @@ def test_lowest_highest_and_long_trajectory():
 
 
 def test_failed_write_keeps_previous_file(tmp_path):
-    from lightning_dv.export import atomic_write
+    from lightning_dv.io import atomic_write
 
     path = tmp_path / "v.npz"
     DataValues([1.0, 2.0]).save(path)

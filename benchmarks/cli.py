@@ -1,4 +1,4 @@
-"""Command line of the benchmarks: ``python -m lightning_dv.bench [overhead] ...``."""
+"""Command line of the benchmarks: ``python -m benchmarks [overhead] ...``."""
 
 from __future__ import annotations
 
@@ -7,17 +7,17 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from lightning_dv.bench.protocol import DEFAULT_DATASETS, REMOVAL_FRACTIONS
+from benchmarks.protocol import DEFAULT_DATASETS, REMOVAL_FRACTIONS
 
 
 def _parser() -> argparse.ArgumentParser:
-    from lightning_dv.bench.registry import METHODS
+    from benchmarks.registry import METHODS
 
     p = argparse.ArgumentParser(
-        prog="python -m lightning_dv.bench",
+        prog="python -m benchmarks",
         description=(
             "Run the OpenDataVal protocol: every method values the same noisy splits; writes runs.csv, "
-            "summary.md and PNG plots. `python -m lightning_dv.bench overhead --help` for the "
+            "summary.md and PNG plots. `python -m benchmarks overhead --help` for the "
             "training-overhead benchmark."
         ),
     )
@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _resolve_methods(names: Sequence[str]) -> list[str]:
-    from lightning_dv.bench.registry import METHODS
+    from benchmarks.registry import METHODS
 
     out: list[str] = []
     for name in names:
@@ -76,11 +76,11 @@ def _resolve_methods(names: Sequence[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m lightning_dv.bench`` (and ``lightning-dv bench``).
+    """Entry point of ``python -m benchmarks`` (and ``lightning-dv bench``).
 
     Args:
         argv: Arguments without the program name (default: ``sys.argv[1:]``). A first argument
-            ``overhead`` runs :func:`lightning_dv.bench.overhead.main` with the rest.
+            ``overhead`` runs :func:`benchmarks.overhead.main` with the rest.
 
     Returns:
         Process exit code (0 on success, 1 when some run failed).
@@ -92,11 +92,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["overhead"]:
-        from lightning_dv.bench.overhead import main as overhead_main
+        from benchmarks.overhead import main as overhead_main
 
         return overhead_main(argv[1:])
     args = _parser().parse_args(argv)
-    from lightning_dv.bench.registry import METHODS
+    from benchmarks.registry import METHODS
 
     if args.list:
         for m in METHODS.values():
@@ -104,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     import torch
 
-    from lightning_dv.bench.protocol import run_protocol, write_report
+    from benchmarks.protocol import run_protocol, write_report
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -123,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         removal_fractions=() if args.no_removal else REMOVAL_FRACTIONS,
         split_kwargs={"n_train": args.n_train},
     )
-    command = "python -m lightning_dv.bench " + shlex.join(argv)
+    command = "python -m benchmarks " + shlex.join(argv)
     paths = write_report(df, args.out, command=command, plots=not args.no_plots)
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 1 if df.attrs.get("failed") else 0

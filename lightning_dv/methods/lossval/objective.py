@@ -22,9 +22,9 @@ from torch import Tensor, nn
 
 from lightning_dv._validation import check_choice
 from lightning_dv.distributed import all_reduce_max
-from lightning_dv.objectives.base import ValuationObjective, ValuationStep
-from lightning_dv.ot import CachedSinkhornDivergence, bounding_diameter
-from lightning_dv.weights import CONSTRAINTS, Float32Module, SampleWeights
+from lightning_dv.methods.base import ValuationObjective, ValuationStep
+from lightning_dv.methods.lossval.ot import CachedSinkhornDivergence, bounding_diameter
+from lightning_dv.methods.weights import CONSTRAINTS, Float32Module, SampleWeights
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl

@@ -88,8 +88,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_dv.collect import collect_training_rows
-from lightning_dv.reporting import as_noisy_mask, export_values, log_values
+from lightning_dv.callbacks.collect import collect_training_rows
+from lightning_dv.callbacks.reporting import as_noisy_mask, export_values, log_values
 from lightning_dv.values import DataValues
 
 if TYPE_CHECKING:

@@ -16,10 +16,10 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from typing_extensions import override
 
+from lightning_dv.callbacks.reporting import as_noisy_mask, export_values, log_values
 from lightning_dv.data import IndexedDataset
-from lightning_dv.export import check_export_path, check_export_suffix
-from lightning_dv.objectives.base import ValuationObjective, ValuationStep
-from lightning_dv.reporting import as_noisy_mask, export_values, log_values
+from lightning_dv.io import check_export_path, check_export_suffix
+from lightning_dv.methods.base import ValuationObjective, ValuationStep
 from lightning_dv.values import DataValues
 
 #: Attribute under which the objective's learnable state is registered on the LightningModule.

@@ -49,7 +49,7 @@ class ControlledDynamicsNet(nn.Module):
         horizon: Total time; ``dt = horizon / steps``.
 
     The mean field ``mu`` is a buffer (checkpointed, identical on every rank). The
-    :class:`~lightning_dv.objectives.nddv.NDDV` objective updates it at the end of every epoch
+    :class:`~lightning_dv.methods.nddv.NDDV` objective updates it at the end of every epoch
     with the weighted mean of the terminal states it saw (each row once, synchronised across
     ranks); without NDDV set it yourself with :meth:`set_mean_field`. The terminal state of the
     latest forward pass is kept (detached) in ``terminal_state`` for that purpose.

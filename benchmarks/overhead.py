@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lightning_dv.bench.baselines import MethodUnavailable
-from lightning_dv.bench.registry import _import_project, quiet_lightning
-from lightning_dv.export import atomic_write
+from benchmarks.baselines import MethodUnavailable
+from benchmarks.registry import _import_project, quiet_lightning
+from lightning_dv.io import atomic_write
 
 ROWS = (1_000, 10_000, 100_000, 1_000_000)
 VALID_SIZES = (100, 1_000, 10_000)
@@ -108,10 +108,10 @@ def objective_factories() -> dict[str, Callable[[np.ndarray, np.ndarray], object
     """``name -> factory(x_valid, y_valid)`` of the training-time objectives (imported lazily)."""
 
     def lossval(xv: np.ndarray, yv: np.ndarray):
-        return _import_project("lightning_dv.objectives.lossval", "LossVal", "LossVal")(validation=(xv, yv))
+        return _import_project("lightning_dv.methods.lossval", "LossVal", "LossVal")(validation=(xv, yv))
 
     def nddv(xv: np.ndarray, yv: np.ndarray):
-        return _import_project("lightning_dv.objectives.nddv", "NDDV", "NDDV")()
+        return _import_project("lightning_dv.methods.nddv", "NDDV", "NDDV")()
 
     return {"lossval": lossval, "nddv": nddv}
 
@@ -134,7 +134,7 @@ def time_fit(
     """
     import lightning as L
 
-    from lightning_dv.bench.models import indexed_loader, quiet_trainer
+    from benchmarks.fitting import indexed_loader, quiet_trainer
     from lightning_dv.modules import MLPClassifier
 
     L.seed_everything(seed, verbose=False)
@@ -173,7 +173,7 @@ def probe_memory(
 
     code = (
         "import json, torch; torch.set_num_threads(1); "
-        "from lightning_dv.bench.overhead import _probe; "
+        "from benchmarks.overhead import _probe; "
         f"print(json.dumps(_probe({rows}, {valid}, {variant!r}, {epochs}, {max_batches!r}, {accelerator!r})))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
@@ -317,7 +317,7 @@ def overhead_table(df) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m lightning_dv.bench overhead``: run :func:`run_overhead`, write ``overhead.csv`` and ``.md``.
+    """``python -m benchmarks overhead``: run :func:`run_overhead`, write ``overhead.csv`` and ``.md``.
 
     Args:
         argv: Arguments without the program name (default: ``sys.argv[1:]``), e.g.
@@ -326,11 +326,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         Process exit code.
     """
-    from lightning_dv.bench.protocol import machine_description
+    from benchmarks.protocol import machine_description
 
-    p = argparse.ArgumentParser(
-        prog="python -m lightning_dv.bench overhead", description=__doc__.split("\n")[0]
-    )
+    p = argparse.ArgumentParser(prog="python -m benchmarks overhead", description=__doc__.split("\n")[0])
     p.add_argument("--rows", nargs="+", type=int, default=list(ROWS), help="training-set sizes")
     p.add_argument("--valid", nargs="+", type=int, default=list(VALID_SIZES), help="validation-set sizes")
     p.add_argument("--objectives", nargs="+", default=["lossval", "nddv"], help="objectives to compare")
@@ -365,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "overhead.csv", lambda tmp: df.to_csv(tmp, index=False))
     device = torch.cuda.get_device_name() if args.accelerator == "gpu" else "CPU"
-    command = "python -m lightning_dv.bench overhead " + shlex.join(argv)
+    command = "python -m benchmarks overhead " + shlex.join(argv)
     text = (
         "# Training overhead of valuation (medians over repeats)\n\n"
         f"Command: `{command}`\n\nMachine: {machine_description()}; device: {device}\n\n"

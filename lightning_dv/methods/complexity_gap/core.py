@@ -36,8 +36,8 @@ import torch
 from lightning.pytorch import Callback
 from torch import Tensor
 
-from lightning_dv.collect import collect_training_rows
-from lightning_dv.reporting import as_noisy_mask, export_values, log_values
+from lightning_dv.callbacks.collect import collect_training_rows
+from lightning_dv.callbacks.reporting import as_noisy_mask, export_values, log_values
 from lightning_dv.values import DataValues
 
 if TYPE_CHECKING:
@@ -217,7 +217,7 @@ def complexity_gap(
             scored, each against a smaller context, so scores change.
         device: Where to compute (default: the device of ``features``).
         progress: Optional ``progress(done, total, description)`` called after every problem.
-            Every problem is also logged at INFO level to the ``lightning_dv.complexity_gap``
+            Every problem is also logged at INFO level to the ``lightning_dv.methods.complexity_gap``
             logger with its time.
         ids: Optional user id per row, carried into the result.
 
@@ -388,6 +388,15 @@ def ntk_gram_(out: Tensor, xn: Tensor, block_size: int = 1024, ridge: float = 0.
     return out
 
 
+#: Pivots (squared Cholesky diagonal, at most 1/2) below this are singular to working precision. The
+#: kernel has a square-root cusp at rho = 1: one unit of rounding in an inner product moves
+#: arccos(rho) by sqrt(2 * eps) ~ 2e-8, so an exact duplicate leaves a pivot of ~1e-8 (or a failed
+#: factorisation), depending on the BLAS kernel. Below 1e-7 a row is indistinguishable from a copy.
+SINGULAR_PIVOT = 1e-7
+#: Pivots below this (but above SINGULAR_PIVOT) make the scores around that row rounding-sensitive.
+NEAR_SINGULAR_PIVOT = 1e-5
+
+
 def cg_scores(
     xn: Tensor, targets: Tensor, num_scored: int, ridge: float = 0.0, block_size: int = 1024
 ) -> Tensor:
@@ -422,8 +431,17 @@ def cg_scores(
     chol = buf.mT
     info = torch.zeros((), dtype=torch.int32, device=xn.device)
     torch.linalg.cholesky_ex(chol, upper=False, out=(chol, info))
-    if int(info) > 0:
-        raise NotPositiveDefiniteError(int(info) - 1, ridge)
+    # Singularity is decided by a tolerance on the pivots, not by whether the factorisation happened
+    # to fail: rounding differs between BLAS code paths (AVX2 / AVX-512), so an exactly singular H can
+    # factorise with a tiny positive pivot on one machine and fail on another.
+    pivot = chol.diagonal() ** 2  # each row's kernel-space residual given the earlier rows (<= 1/2)
+    failed = int(info) - 1 if int(info) > 0 else m
+    # a ridge r bounds every exact pivot below by r: then only pivots under r/2 are rounding failures
+    tol = SINGULAR_PIVOT if ridge <= 0 else min(SINGULAR_PIVOT, ridge / 2)
+    tiny = torch.nonzero(pivot[:failed] < tol).reshape(-1)
+    first = min(failed, int(tiny[0]) if tiny.numel() else m)
+    if first < m:
+        raise NotPositiveDefiniteError(first, ridge)
     y = targets.to(dtype=torch.float64).reshape(-1, 1)
     # two triangular solves on views of the factor: cholesky_solve would copy the m x m factor
     alpha = torch.linalg.solve_triangular(
@@ -432,10 +450,10 @@ def cg_scores(
     alpha = alpha.reshape(-1)
     off = m - num_scored
     diag = _inverse_column_norms(chol, off, block_size)
-    pivot = chol.diagonal() ** 2  # each row's kernel-space residual given the earlier rows (<= 1/2)
-    if float(pivot.min()) < 1e-10:
+    if ridge < NEAR_SINGULAR_PIVOT and float(pivot.min()) < NEAR_SINGULAR_PIVOT:
         warnings.warn(
-            f"complexity_gap: row position {int(pivot.argmin())} of a {m}-row problem is within 1e-10 of the "
+            f"complexity_gap: row position {int(pivot.argmin())} of a {m}-row problem is within "
+            f"{NEAR_SINGULAR_PIVOT:g} of the "
             "span of the earlier rows in the NTK feature space: near-duplicates make the scores around it "
             "rounding-dominated. Consider ridge=1e-6 or removing near-duplicates.",
             UserWarning,

@@ -25,7 +25,7 @@ parts of the method that need only the model's outputs, so it works on any Light
 
    added to the loss: its negative gradient with respect to the state is ``a * (mu - X_T,i)``,
    the paper's mean-field drift, applied at the output layer. (With
-   :class:`~lightning_dv.models.ControlledDynamicsNet`, whose dynamics already carry the drift in
+   :class:`~lightning_dv.methods.nddv.dynamics.ControlledDynamicsNet`, whose dynamics already carry the drift in
    state space, the objective also keeps the network's own ``mean_field`` up to date; pass
    ``interaction=0`` to reproduce the paper's model with no output-level coupling.) Before the
    first epoch end ``mu`` is the uniform distribution.
@@ -88,9 +88,9 @@ from torch.func import functional_call
 
 from lightning_dv._validation import check_choice
 from lightning_dv.distributed import all_reduce_max, all_reduce_sum, gather_rows, is_distributed
-from lightning_dv.models import ControlledDynamicsNet
-from lightning_dv.objectives.base import ValuationObjective, ValuationStep
-from lightning_dv.weights import Float32Module, SampleWeights
+from lightning_dv.methods.base import ValuationObjective, ValuationStep
+from lightning_dv.methods.nddv.dynamics import ControlledDynamicsNet
+from lightning_dv.methods.weights import Float32Module, SampleWeights
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl

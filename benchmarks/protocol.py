@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lightning_dv.bench.baselines import MethodUnavailable, _fit_predict_proba, logistic_model
-from lightning_dv.bench.registry import get_method
+from benchmarks.baselines import MethodUnavailable, _fit_predict_proba, logistic_model
+from benchmarks.registry import get_method
 from lightning_dv.datasets import BUNDLED, REGRESSION, Split, make_split
-from lightning_dv.export import atomic_write
+from lightning_dv.io import atomic_write
 from lightning_dv.metrics import detection_auroc, discovery_curve, kmeans_f1
 from lightning_dv.values import DataValues
 
@@ -133,7 +133,7 @@ def run_protocol(
     """Run every method on identical splits and return one row per run as a DataFrame.
 
     Args:
-        methods: Registered method names (see :data:`~lightning_dv.bench.registry.METHODS`).
+        methods: Registered method names (see :data:`~benchmarks.registry.METHODS`).
         datasets: Bundled classification datasets (``lightning_dv.datasets.BUNDLED``).
         noise_rates: Fractions of corrupted rows.
         noise_kinds: Any of ``"label"``, ``"feature"``, ``"mixed"``.

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from lightning_dv.bench import baselines
-from lightning_dv.bench.baselines import MethodUnavailable
+from benchmarks import baselines
+from benchmarks.baselines import MethodUnavailable
 from lightning_dv.datasets import Split
 from lightning_dv.values import DataValues
 
@@ -119,7 +119,7 @@ def fit_with_objective(
     import lightning as L
 
     callback = _import_project("lightning_dv.callbacks", "DataValuation", "the DataValuation callback")
-    from lightning_dv.bench.models import indexed_loader, quiet_trainer
+    from benchmarks.fitting import indexed_loader, quiet_trainer
     from lightning_dv.modules import MLPClassifier
 
     L.seed_everything(seed, verbose=False)
@@ -165,7 +165,7 @@ def _cleanlab(split: Split, seed: int) -> DataValues:
 # -- project methods ------------------------------------------------------------------------------
 @register("lossval", kind="project", description="LossVal, 30 epochs, MLP(64), Lightning fit")
 def _lossval(split: Split, seed: int) -> DataValues:
-    loss_val = _import_project("lightning_dv.objectives.lossval", "LossVal", "LossVal")
+    loss_val = _import_project("lightning_dv.methods.lossval", "LossVal", "LossVal")
     return fit_with_objective(
         split, seed, lambda: loss_val(validation=(split.x_valid, split.y_valid)), epochs=30
     )
@@ -181,7 +181,7 @@ NDDV_EPOCHS = 10
     "nddv", kind="project", description=f"NDDV objective (softplus weights), {NDDV_EPOCHS} epochs, MLP(64)"
 )
 def _nddv(split: Split, seed: int) -> DataValues:
-    nddv = _import_project("lightning_dv.objectives.nddv", "NDDV", "NDDV")
+    nddv = _import_project("lightning_dv.methods.nddv", "NDDV", "NDDV")
     return fit_with_objective(split, seed, lambda: nddv(seed=seed), epochs=NDDV_EPOCHS)
 
 
@@ -189,7 +189,7 @@ def _nddv(split: Split, seed: int) -> DataValues:
     "nddv_30ep", kind="project", description="NDDV objective, 30 epochs (LossVal's budget), for comparison"
 )
 def _nddv_30(split: Split, seed: int) -> DataValues:
-    nddv = _import_project("lightning_dv.objectives.nddv", "NDDV", "NDDV")
+    nddv = _import_project("lightning_dv.methods.nddv", "NDDV", "NDDV")
     return fit_with_objective(split, seed, lambda: nddv(seed=seed), epochs=30)
 
 
@@ -199,7 +199,7 @@ def _nddv_30(split: Split, seed: int) -> DataValues:
     description="NDDV, meta weight network on the CLEAN validation labels (an advantage no other method has)",
 )
 def _nddv_meta(split: Split, seed: int) -> DataValues:
-    nddv = _import_project("lightning_dv.objectives.nddv", "NDDV", "NDDV")
+    nddv = _import_project("lightning_dv.methods.nddv", "NDDV", "NDDV")
     if split.y_valid_clean is None:
         raise MethodUnavailable("nddv_meta needs the clean validation labels (Split.y_valid_clean).")
     meta = (split.x_valid, split.y_valid_clean)
@@ -210,7 +210,7 @@ def _nddv_meta(split: Split, seed: int) -> DataValues:
 
 @register("complexity_gap", kind="project", description="complexity-gap score (training-free, negated CG)")
 def _complexity_gap(split: Split, seed: int) -> DataValues:
-    fn = _import_project("lightning_dv.complexity_gap", "complexity_gap", "complexity_gap")
+    fn = _import_project("lightning_dv.methods.complexity_gap", "complexity_gap", "complexity_gap")
     try:
         return fn(split.x_train, split.y_train, seed=seed)
     except ValueError as err:
@@ -225,5 +225,5 @@ def _complexity_gap(split: Split, seed: int) -> DataValues:
 
 @register("ecoval", kind="project", description="EcoVal cluster-level valuation")
 def _ecoval(split: Split, seed: int) -> DataValues:
-    eco_val = _import_project("lightning_dv.ecoval", "EcoVal", "EcoVal")
+    eco_val = _import_project("lightning_dv.methods.ecoval", "EcoVal", "EcoVal")
     return eco_val(seed=seed).fit(split.x_train, split.y_train, split.x_valid, split.y_valid)

@@ -1,0 +1,7 @@
+"""Valuation methods: the declared interface (``base``), the per-row weights, one sub-package per method."""
+
+from lightning_dv.methods.base import ValuationObjective, ValuationStep
+from lightning_dv.methods.lossval import LossVal
+from lightning_dv.methods.nddv import NDDV
+
+__all__ = ["LossVal", "NDDV", "ValuationObjective", "ValuationStep"]
