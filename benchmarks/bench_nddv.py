@@ -33,7 +33,8 @@ import torch
 from benchmarks.fitting import indexed_loader, quiet_trainer
 from lightning_dv import DataValuation, LossVal
 from lightning_dv.datasets import make_split
-from lightning_dv.methods.nddv.objective import NDDV, robust_score
+from lightning_dv.methods.nddv import NDDV
+from lightning_dv.methods.nddv.formulas import robust_score
 from lightning_dv.metrics import detection_auroc, kmeans_f1
 from lightning_dv.modules import MLPClassifier
 

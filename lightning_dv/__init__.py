@@ -2,7 +2,7 @@
 
 from lightning_dv.callbacks import DataValuation
 from lightning_dv.data import IndexedDataset
-from lightning_dv.methods import NDDV, LossVal, ValuationObjective, ValuationStep
+from lightning_dv.methods import AUM, NDDV, LossVal, ValuationObjective, ValuationState, ValuationStep
 from lightning_dv.methods.complexity_gap import ComplexityGapValuation, complexity_gap
 from lightning_dv.methods.ecoval import EcoVal, EcoValValuation
 from lightning_dv.methods.nddv.dynamics import ControlledDynamicsNet
@@ -18,6 +18,7 @@ from lightning_dv.mixin import DataValuationMixin
 from lightning_dv.values import DataValues
 
 __all__ = [
+    "AUM",
     "DataValuation",
     "DataValuationMixin",
     "ComplexityGapValuation",
@@ -25,6 +26,7 @@ __all__ = [
     "LossVal",
     "NDDV",
     "ValuationObjective",
+    "ValuationState",
     "ValuationStep",
     "DataValues",
     "DetectionAUROC",

@@ -1,21 +1,69 @@
-"""Gathering per-row statistics across ranks, written once for every method.
+"""Per-row statistics across ranks, written once for every method.
 
 Lightning's ``DistributedSampler`` pads the last batch with repeated rows and ranks see
-different row counts, so statistics travel as ``(row, value)`` pairs and are scattered by row,
-never by position. ``LightningModule.all_gather`` aborts on ragged shapes;
-torchmetrics' ``gather_all_tensors`` handles unequal lengths.
+different row counts, so statistics travel as ``(row, value)`` pairs or row-indexed sums and
+are scattered by row, never by position. ``LightningModule.all_gather`` aborts on ragged
+shapes; torchmetrics' ``gather_all_tensors`` handles unequal lengths.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics.utilities.distributed import gather_all_tensors
+
+from lightning_dv.methods.weights import Float32Module
 
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def scatter_rows(
+    rows: Any, values: Any, num_rows: int | None = None, fill: float = float("nan"), each_once: bool = False
+) -> tuple[Tensor, Tensor]:
+    """Place ``values[k]`` at row ``rows[k]`` of a dense ``(num_rows, ...)`` tensor: the one scatter by row.
+
+    A row given several times (sampler padding) keeps one of its entries; rows given no entry
+    hold ``fill``. Every method returning row-indexed results goes through here.
+
+    Args:
+        rows: Row indices, shape ``(k,)`` (tensor or array).
+        values: Values of those rows, shape ``(k, ...)`` (tensor or array).
+        num_rows: Size of the dense result (default: ``max(rows) + 1``).
+        fill: Value of the rows with no entry.
+        each_once: Require every row ``0..num_rows-1`` exactly once (raises ``ValueError`` otherwise).
+
+    Returns:
+        ``(dense, seen)``: the dense tensor and the boolean mask of rows that received an entry.
+
+    Example:
+        >>> dense, seen = scatter_rows(torch.tensor([2, 0]), torch.tensor([5.0, 7.0]), 3)
+        >>> dense.tolist(), seen.tolist()
+        ([7.0, nan, 5.0], [True, False, True])
+    """
+    rows = torch.as_tensor(np.asarray(rows) if not isinstance(rows, Tensor) else rows).reshape(-1).long()
+    values = torch.as_tensor(np.asarray(values)) if not isinstance(values, Tensor) else values
+    if values.shape[:1] != rows.shape:
+        raise ValueError(f"got {rows.numel()} rows but {values.shape[0] if values.ndim else 0} values.")
+    n = (int(rows.max()) + 1 if rows.numel() else 0) if num_rows is None else int(num_rows)
+    if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= n):
+        raise ValueError(f"row indices {int(rows.min())}..{int(rows.max())} fall outside 0..{n - 1}.")
+    if each_once and (rows.numel() != n or torch.unique(rows).numel() != n):
+        raise ValueError(
+            f"expected exactly one value per row 0..{n - 1}; got {rows.numel()} values for "
+            f"{torch.unique(rows).numel()} distinct rows."
+        )
+    dense = torch.full((n, *values.shape[1:]), fill, dtype=values.dtype, device=values.device)
+    seen = torch.zeros(n, dtype=torch.bool, device=values.device)
+    rows = rows.to(values.device)
+    dense[rows] = values
+    seen[rows] = True
+    return dense, seen
 
 
 def gather_rows(rows: Tensor, values: Tensor, num_rows: int, fill: float = float("nan")) -> Tensor:
@@ -23,12 +71,6 @@ def gather_rows(rows: Tensor, values: Tensor, num_rows: int, fill: float = float
 
     Rows seen several times (sampler padding, or several epochs) keep one of their entries; rows
     seen by no rank hold ``fill``. Every rank receives the same result.
-
-    Args:
-        rows: Row indices, shape ``(k,)``.
-        values: Values of those rows, shape ``(k, ...)``.
-        num_rows: Size of the dataset.
-        fill: Value of rows nobody reported.
 
     Example:
         >>> gather_rows(torch.tensor([2, 0]), torch.tensor([5.0, 7.0]), 3).tolist()
@@ -38,9 +80,7 @@ def gather_rows(rows: Tensor, values: Tensor, num_rows: int, fill: float = float
     if is_distributed():
         rows = torch.cat(gather_all_tensors(rows.contiguous()))
         values = torch.cat(gather_all_tensors(values.contiguous()))
-    out = torch.full((num_rows, *values.shape[1:]), fill, dtype=values.dtype, device=values.device)
-    out[rows.to(values.device)] = values
-    return out
+    return scatter_rows(rows, values, num_rows, fill)[0]
 
 
 def all_reduce_sum(t: Tensor) -> Tensor:
@@ -57,3 +97,88 @@ def all_reduce_max(t: Tensor) -> Tensor:
     if is_distributed():
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t
+
+
+def _frozen(t: Tensor) -> nn.Parameter:
+    return nn.Parameter(t, requires_grad=False)
+
+
+class RowStatistics(Float32Module):
+    """Row-keyed per-row statistics accumulated over each epoch and reduced across ranks once.
+
+    For ``width`` columns per row it keeps, preallocated: this epoch's per-row ``sum`` and
+    ``count`` (the partial epoch, so a mid-epoch checkpoint resumes exactly), and over the
+    finished epochs the per-row ``total`` of the epoch means, the number of ``epochs`` the row
+    was seen in and (``keep_last``) the ``last`` epoch mean. At epoch end::
+
+        mean_e(i) = sum over ranks and records r of row i in epoch e of x_r / (number of those records)
+        total(i) += mean_e(i);  epochs(i) += 1;  last(i) = mean_e(i)        (rows seen in epoch e)
+
+    so a row that ``DistributedSampler`` padding repeats (on any rank) counts once per epoch.
+    ``update`` costs O(batch); ``reduce`` one all-reduce of ``(width + 1) N`` floats per epoch.
+    The tensors are frozen parameters, not buffers: DDP re-broadcasts buffers from rank 0 before
+    every forward, which would overwrite each rank's partial epoch. State: ``4 (2 width + 2)``
+    bytes per row (``+ 4 width`` with ``keep_last``).
+
+    Args:
+        num_rows: Number of training rows.
+        width: Statistics per row (1: a ``(B,)`` update; otherwise ``(B, width)``).
+        keep_last: Also keep the latest epoch's mean.
+
+    Example:
+        >>> stats = RowStatistics(3)
+        >>> _ = stats.update(torch.tensor([0, 2, 2]), torch.tensor([1.0, 4.0, 6.0]))  # row 2 twice
+        >>> stats.reduce().tolist()  # rows seen this epoch
+        [True, False, True]
+        >>> _ = stats.update(torch.tensor([0]), torch.tensor([3.0])); _ = stats.reduce()
+        >>> stats.mean().tolist()  # mean over the epochs each row was seen in (0 if never)
+        [2.0, 0.0, 5.0]
+    """
+
+    def __init__(self, num_rows: int, width: int = 1, keep_last: bool = False) -> None:
+        super().__init__()
+        if num_rows < 1:
+            raise ValueError(f"a per-row statistic needs at least one training row; got {num_rows}.")
+        self.num_rows, self.width = int(num_rows), int(width)
+        shape = (num_rows,) if width == 1 else (num_rows, width)
+        self.sum = _frozen(torch.zeros(shape))
+        self.count = _frozen(torch.zeros(num_rows))
+        self.total = _frozen(torch.zeros(shape))
+        self.epochs = _frozen(torch.zeros(num_rows))
+        self.last = _frozen(torch.zeros(shape)) if keep_last else None
+
+    @torch.no_grad()
+    def update(self, rows: Tensor, values: Tensor) -> Tensor:
+        """Add one record per row of the batch; returns the mask of rows new to this rank this epoch."""
+        rows = rows.reshape(-1).to(self.sum.device).long()
+        values = values.detach().to(self.sum.device, torch.float32)
+        new = self.count[rows] == 0
+        self.sum.index_add_(0, rows, values.reshape(rows.shape[0], *self.sum.shape[1:]))
+        self.count.index_add_(0, rows, torch.ones_like(rows, dtype=torch.float32))
+        return new
+
+    @torch.no_grad()
+    def reduce(self) -> Tensor:
+        """End the epoch (collective under DDP: every rank calls it); returns the mask of rows seen."""
+        width = 1 if self.sum.ndim == 1 else self.sum.shape[1]
+        packed = all_reduce_sum(torch.cat([self.sum.reshape(self.num_rows, width), self.count[:, None]], 1))
+        count = packed[:, -1]
+        fresh = count > 0
+        mean = packed[fresh, :-1] / count[fresh, None]
+        mean = mean.reshape(-1) if self.sum.ndim == 1 else mean
+        self.total[fresh] += mean
+        self.epochs[fresh] += 1.0
+        if self.last is not None:
+            self.last[fresh] = mean
+        self.sum.zero_()
+        self.count.zero_()
+        return fresh
+
+    def mean(self) -> Tensor:
+        """Per-row mean over the finished epochs the row was seen in (0 for rows never seen)."""
+        epochs = self.epochs.detach().clamp(min=1)
+        return self.total.detach() / (epochs if self.total.ndim == 1 else epochs[:, None])
+
+    def seen(self) -> Tensor:
+        """Mask of rows seen in at least one finished epoch."""
+        return self.epochs.detach() > 0

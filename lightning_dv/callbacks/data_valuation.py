@@ -19,7 +19,7 @@ from typing_extensions import override
 from lightning_dv.callbacks.reporting import as_noisy_mask, export_values, log_values
 from lightning_dv.data import IndexedDataset
 from lightning_dv.io import check_export_path, check_export_suffix
-from lightning_dv.methods.base import ValuationObjective, ValuationStep
+from lightning_dv.methods.base import STEP_FIELDS, ValuationObjective, ValuationState, ValuationStep
 from lightning_dv.values import DataValues
 
 #: Attribute under which the objective's learnable state is registered on the LightningModule.
@@ -95,6 +95,7 @@ class DataValuation(Callback):
         self._stashed: dict[str, Any] | None = None
         self._values: DataValues | None = None
         self._fit_seconds = 0.0
+        self._needs_checked = False
 
     # -- attach --------------------------------------------------------------------------------
     @property
@@ -126,16 +127,19 @@ class DataValuation(Callback):
                     "fits. Use the same dataset, or a fresh model and DataValuation callback."
                 )
             return
-        pl_module.add_module(STATE_ATTR, self.objective.build(n))
+        state = self.objective.build(n)
+        if not isinstance(state, ValuationState):
+            raise TypeError(
+                f"{type(self.objective).__name__}.build() returned {type(state).__name__}; it must return a "
+                "`lightning_dv.methods.base.ValuationState` (subclass it and call `super().__init__(num_rows)`)."
+            )
+        pl_module.add_module(STATE_ATTR, state)
         if stage == "fit" and self.export_path is not None and trainer.is_global_zero:
             check_export_path(self.export_path)
 
     @staticmethod
     def _state_size(state: nn.Module) -> int:
-        weights = getattr(state, "weights", None)
-        if weights is not None and hasattr(weights, "num_samples"):
-            return int(weights.num_samples)
-        return int(getattr(state, "num_samples", -1))
+        return int(state.num_rows)  # declared by ValuationState
 
     def _resolve_num_samples(self, trainer: pl.Trainer, stage: str) -> int | None:
         n = None
@@ -193,6 +197,7 @@ class DataValuation(Callback):
             self._apply_state(self._stashed)
             self._stashed = None
         self._values = None
+        self._needs_checked = False
         self._fit_started = time.perf_counter()
 
     @override
@@ -229,7 +234,20 @@ class DataValuation(Callback):
         if self.check_inputs:
             self._check_values(per_sample_loss, idx)
         step = ValuationStep(per_sample_loss, idx, inputs, outputs, targets, pl_module)
+        if not self._needs_checked:
+            self._check_needs(step)
         return self.objective.loss(state, step)
+
+    def _check_needs(self, step: ValuationStep) -> None:
+        missing = [f for f in STEP_FIELDS if f in self.objective.needs and getattr(step, f) is None]
+        if missing:
+            args = ", ".join(f"{f}=..." for f in missing)
+            raise ValueError(
+                f"{type(self.objective).__name__} needs {', '.join(f'`{f}`' for f in missing)} from each training "
+                f"step: call `self.valuation_loss(per_sample, idx, {args})` (e.g. inputs=x, outputs=logits, "
+                "targets=y)."
+            )
+        self._needs_checked = True
 
     def _check_idx(self, idx: Any, per_sample_loss: Any) -> Tensor:
         if not isinstance(per_sample_loss, Tensor):

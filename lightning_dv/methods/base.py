@@ -1,16 +1,39 @@
-"""The interface every training-time valuation objective implements (LossVal, NDDV)."""
+"""The declared contract every training-time valuation objective implements (LossVal, NDDV, AUM).
+
+Everything :class:`~lightning_dv.DataValuation` relies on is stated here and nowhere else:
+
+* **State.** ``build(num_rows)`` returns a :class:`ValuationState`: an ``nn.Module`` that declares
+  ``num_rows``, keeps floating tensors in float32 under any trainer precision, and is registered
+  on the LightningModule in ``Callback.setup`` (moved to the device, checkpointed, kept for the
+  next ``fit`` of the same model). Learnable parameters (``requires_grad=True``) are stepped by the
+  callback's optimizer and all-reduced by DDP; statistics are frozen parameters
+  (``requires_grad=False``), never buffers (DDP re-broadcasts buffers from rank 0 every forward).
+* **Inputs.** ``needs``: which of ``inputs``, ``outputs``, ``targets``, ``module`` the objective
+  reads from :class:`ValuationStep`. The callback checks them at the first step and names the
+  missing ``valuation_loss`` argument.
+* **Per-row statistics.** Accumulate them in a :class:`~lightning_dv.distributed.RowStatistics`
+  inside the state (O(batch) per step, sampler padding counted once, the partial epoch
+  checkpointed) and call its ``reduce()`` in ``on_train_epoch_end``, which every rank runs.
+  ``values(state)`` must then be identical on all ranks.
+* **Loss.** ``loss(state, step)`` returns the scalar that replaces the user's reduced loss.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from lightning_dv.methods.weights import Float32Module
+
 if TYPE_CHECKING:
     import lightning.pytorch as pl
+
+#: What an objective may read from a step (the keyword arguments of ``valuation_loss``).
+STEP_FIELDS = ("inputs", "outputs", "targets", "module")
 
 
 @dataclass
@@ -34,30 +57,78 @@ class ValuationStep:
     module: pl.LightningModule | None = None
 
 
+class ValuationState(Float32Module):
+    """Base of every objective's state: declares how many rows it values.
+
+    Example:
+        >>> ValuationState(7).num_rows
+        7
+    """
+
+    def __init__(self, num_rows: int) -> None:
+        super().__init__()
+        if num_rows < 1:
+            raise ValueError(
+                f"the training set has {num_rows} rows; data valuation needs at least one training row."
+            )
+        self.num_rows = int(num_rows)
+
+    def extra_repr(self) -> str:
+        return f"num_rows={self.num_rows}"
+
+
 class ValuationObjective(ABC):
     """A loss wrapper that learns per-row values while the user's model trains.
 
-    The :class:`~lightning_dv.DataValuation` callback drives it:
+    The callback drives it: ``build(num_rows)`` in ``setup``; ``on_fit_start``; ``loss`` from
+    every training step (through the mixin's ``valuation_loss``); ``on_train_epoch_end`` on every
+    rank (reduce per-row statistics), then ``values(state)``; ``state_dict`` /
+    ``load_state_dict`` for anything that is not a tensor of the state. The callback owns the
+    optimizer of the state's learnable parameters, the logging and the export, so an objective is
+    only the maths. Why: one contract means a new method is three methods, not a new callback.
 
-    1. ``build(num_samples)`` in ``Callback.setup`` returns the learnable state (an ``nn.Module``)
-       that the callback registers on the LightningModule, so it is moved to the device,
-       checkpointed and all-reduced by DDP.
-    2. ``on_fit_start`` once the trainer, device and data are ready.
-    3. ``loss(state, step)`` from the user's ``training_step`` (through the mixin).
-    4. ``on_train_epoch_end`` to synchronise per-rank statistics; then ``values(state)``.
+    Example: an area-under-the-margin objective written from this contract alone
+    (the built-in :class:`~lightning_dv.methods.aum.AUM` is this, documented):
 
-    The callback owns the optimizer of ``state``'s parameters (``lr`` below) and all logging and
-    export, so an objective is only the maths.
+        >>> from lightning_dv.distributed import RowStatistics
+        >>> class Margins(ValuationState):
+        ...     def __init__(self, num_rows):
+        ...         super().__init__(num_rows)
+        ...         self.margin = RowStatistics(num_rows)
+        >>> class Margin(ValuationObjective):
+        ...     name, needs = "margin", frozenset({"outputs", "targets"})
+        ...     def build(self, num_rows):
+        ...         return Margins(num_rows)
+        ...     def loss(self, state, step):
+        ...         z = step.outputs.detach().float()
+        ...         own = z.gather(1, step.targets[:, None]).squeeze(1)
+        ...         other = z.scatter(1, step.targets[:, None], float("-inf")).amax(1)
+        ...         state.margin.update(step.idx, own - other)
+        ...         return step.per_sample_loss.mean()
+        ...     def on_train_epoch_end(self, trainer, pl_module, state):
+        ...         state.margin.reduce()
+        ...     def values(self, state):
+        ...         return state.margin.mean()
+        >>> objective = Margin()
+        >>> state = objective.build(3)
+        >>> step = ValuationStep(torch.ones(2), torch.tensor([0, 2]), outputs=torch.tensor([[2.0, 0.0], [0.0, 1.0]]),
+        ...                      targets=torch.tensor([0, 0]))
+        >>> float(objective.loss(state, step)); objective.on_train_epoch_end(None, None, state)
+        1.0
+        >>> objective.values(state).tolist()
+        [2.0, 0.0, -1.0]
     """
 
     #: Short name used in logs and exports.
     name: str = "objective"
-    #: Learning rate of the callback-owned Adam optimizer over the objective's parameters.
+    #: Learning rate of the callback-owned Adam optimizer over the state's learnable parameters.
     lr: float = 0.01
+    #: Which ``valuation_loss`` arguments the objective reads (a subset of :data:`STEP_FIELDS`).
+    needs: ClassVar[frozenset[str]] = frozenset()
 
     @abstractmethod
-    def build(self, num_samples: int) -> nn.Module:
-        """Create the learnable state for ``num_samples`` training rows."""
+    def build(self, num_rows: int) -> ValuationState:
+        """Create the state for ``num_rows`` training rows."""
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: nn.Module) -> None:
         """Prepare anything that needs the device or the trainer (default: nothing)."""
@@ -69,7 +140,7 @@ class ValuationObjective(ABC):
     def on_train_epoch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: nn.Module
     ) -> None:
-        """Synchronise per-rank per-row statistics (default: nothing)."""
+        """Reduce per-row statistics across ranks (every rank calls it; default: nothing)."""
 
     @abstractmethod
     def values(self, state: nn.Module) -> Tensor:
@@ -83,11 +154,11 @@ class ValuationObjective(ABC):
         """Called after the callback stepped the state's optimizer (projections, default: nothing)."""
 
     def configure_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-        """The optimizer the callback uses for the objective's parameters (Adam, no weight decay)."""
+        """The optimizer the callback uses for the state's learnable parameters (Adam, no weight decay)."""
         return torch.optim.Adam(params, lr=self.lr)
 
     def state_dict(self) -> dict[str, Any]:
-        """Non-tensor objective state for checkpoints (tensors belong in ``state``)."""
+        """Non-tensor objective state for checkpoints (tensors belong in the state)."""
         return {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

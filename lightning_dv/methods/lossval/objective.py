@@ -22,9 +22,9 @@ from torch import Tensor, nn
 
 from lightning_dv._validation import check_choice
 from lightning_dv.distributed import all_reduce_max
-from lightning_dv.methods.base import ValuationObjective, ValuationStep
+from lightning_dv.methods.base import ValuationObjective, ValuationState, ValuationStep
 from lightning_dv.methods.lossval.ot import CachedSinkhornDivergence, bounding_diameter
-from lightning_dv.methods.weights import CONSTRAINTS, Float32Module, SampleWeights
+from lightning_dv.methods.weights import CONSTRAINTS, SampleWeights
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -38,11 +38,11 @@ def flatten_features(inputs: Tensor) -> Tensor:
     return inputs.reshape(inputs.shape[0], -1).float()
 
 
-class LossValState(Float32Module):
+class LossValState(ValuationState):
     """Learnable state of LossVal: the weights, plus the fixed OT diameter (saved for exact resume)."""
 
     def __init__(self, weights: SampleWeights) -> None:
-        super().__init__()
+        super().__init__(weights.num_samples)
         self.weights = weights
         self.register_buffer("diameter", torch.tensor(float("nan")))
 
@@ -67,18 +67,21 @@ class LossVal(ValuationObjective):
         diameter: Fixed OT diameter; default: 1.1 x the bounding-box diagonal of the validation
             features and the first batch (max over ranks), computed once and checkpointed.
         validation_subsample: Use this many random validation rows per step instead of all
-            (for very large validation sets; then the self-term is recomputed per step).
+            (for very large validation sets; then the self-term is recomputed per step). Drawn
+            from the objective's own generator (``seed``), checkpointed, so a resume is exact.
         backend: geomloss backend (``"tensorized"`` on CPU; ``"online"`` needs KeOps, for GPUs
             and validation sets whose J x J matrix does not fit).
+        seed: Seed of the ``validation_subsample`` draws.
 
     Example:
         >>> objective = LossVal(validation=torch.randn(100, 8))
-        >>> state = objective.build(num_samples=500)
+        >>> state = objective.build(num_rows=500)
         >>> state.weights.all().shape
         torch.Size([500])
     """
 
     name = "lossval"
+    needs = frozenset({"inputs"})
 
     def __init__(
         self,
@@ -96,6 +99,7 @@ class LossVal(ValuationObjective):
         diameter: float | None = None,
         validation_subsample: int | None = None,
         backend: str = "tensorized",
+        seed: int = 0,
     ) -> None:
         check_choice("mass", mass, MASSES)
         check_choice("reduction", reduction, REDUCTIONS)
@@ -114,12 +118,20 @@ class LossVal(ValuationObjective):
         self.fixed_diameter = diameter
         self.validation_subsample = validation_subsample
         self.backend = backend
+        self._subsample_rng = torch.Generator().manual_seed(int(seed))
         self._val_features: Tensor | None = None
         self._divergence: CachedSinkhornDivergence | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
-    def build(self, num_samples: int) -> nn.Module:
-        return LossValState(SampleWeights(num_samples, init=self.init, constraint=self.constraint))
+    def build(self, num_rows: int) -> LossValState:
+        return LossValState(SampleWeights(num_rows, init=self.init, constraint=self.constraint))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"subsample_rng": self._subsample_rng.get_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "subsample_rng" in state_dict:
+            self._subsample_rng.set_state(state_dict["subsample_rng"])
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: nn.Module) -> None:
         x_val = self.validation_inputs.to(pl_module.device)
@@ -172,7 +184,7 @@ class LossVal(ValuationObjective):
                 return self._divergence(a.float(), batch_features.float())
             y = self._val_features
             k = min(self.validation_subsample, y.shape[0])
-            sub = y[torch.randperm(y.shape[0], device=y.device)[:k]]
+            sub = y[torch.randperm(y.shape[0], generator=self._subsample_rng)[:k].to(y.device)]
             div = CachedSinkhornDivergence(
                 sub,
                 self._val_weights(k, y.device),

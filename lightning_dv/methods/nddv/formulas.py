@@ -1,0 +1,134 @@
+"""NDDV's formulas: terminal state, label distribution, the state x costate value, calibration.
+
+Liang, Gao, Zhang, "Neural Dynamic Data Valuation" (arXiv 2404.19557). For row ``i`` with
+terminal state ``X_T,i`` (class probabilities), label distribution ``q_i``, weight ``w_i`` and
+terminal cost ``Phi_i = w_i CE(X_T,i, q_i)``::
+
+    v_i   = -(1/K) sum_k X_T,ik dPhi_i/dX_T,ik = -(1/K) <X_T,i, w_i (softmax(X_T,i) - q_i)>
+    phi_i = v_i - mean_{j != i} v_j                                     (the paper's calibration)
+    z_i   = clip((phi_i - median) / (1.4826 MAD), -fence, fence)        (the exported value)
+
+Why the clipped robust score: the marginal map is affine and keeps any heavy tail, which lets
+one extreme row own a 2-means cluster (measurements in docs/nddv.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def terminal_probabilities(outputs: Tensor) -> Tensor:
+    """The terminal state ``X_T``: class probabilities ``(B, K)`` from logits (differentiable).
+
+    A single logit per row (shape ``(B,)`` or ``(B, 1)``) is a binary classifier: ``[1 - s, s]``
+    with ``s = sigmoid(logit)``.
+
+    Example:
+        >>> terminal_probabilities(torch.zeros(2, 4))[0].tolist()
+        [0.25, 0.25, 0.25, 0.25]
+    """
+    z = outputs.float()
+    if z.ndim == 1 or (z.ndim == 2 and z.shape[1] == 1):
+        s = torch.sigmoid(z.reshape(-1))
+        return torch.stack([1 - s, s], dim=1)
+    if z.ndim != 2:
+        raise ValueError(
+            f"NDDV needs outputs of shape (batch, classes); got {tuple(z.shape)}. Flatten per-position "
+            "outputs into rows, or pass the per-row logits."
+        )
+    return torch.softmax(z, dim=1)
+
+
+def target_distribution(targets: Tensor, num_classes: int) -> Tensor:
+    """The label of each row as a distribution ``(B, K)``: one-hot for class indices, soft labels as is.
+
+    Raises:
+        ValueError: for regression targets (floating point, one per row).
+
+    Example:
+        >>> target_distribution(torch.tensor([2, 0]), 3).tolist()
+        [[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]
+    """
+    if not isinstance(targets, Tensor):
+        targets = torch.as_tensor(np.asarray(targets))
+    if targets.is_floating_point():
+        if targets.ndim == 2 and targets.shape[1] == num_classes and num_classes >= 2:
+            return targets.float()
+        raise ValueError(
+            f"NDDV values classification rows; it got floating-point targets of shape {tuple(targets.shape)}, "
+            "which look like regression. The terminal-state x costate value needs class probabilities: pass "
+            "integer class labels (cast binary 0/1 labels with `.long()`) or soft labels of shape "
+            "(batch, classes), or use LossVal for regression."
+        )
+    labels = targets.reshape(-1).long()
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}) for outputs with {num_classes} classes; got "
+            f"[{int(labels.min())}, {int(labels.max())}]."
+        )
+    return F.one_hot(labels, num_classes).float()
+
+
+def state_costate_value(probs: Tensor, target: Tensor, weight: Tensor) -> Tensor:
+    """Per-row value ``v_i = -(1/K) sum_k X_T,ik dPhi_i/dX_T,ik`` for ``Phi_i = w_i CE(X_T,i, q_i)``.
+
+    The costate ``w_i (softmax(X_T,i) - q_i)`` is the gradient of row ``i``'s own terminal cost,
+    so the value does not depend on the other rows of the batch.
+
+    Example:
+        >>> p = torch.tensor([[0.9, 0.1], [0.1, 0.9]])
+        >>> q = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+        >>> v = state_costate_value(p, q, torch.ones(2))
+        >>> bool(v[0] > 0 > v[1])
+        True
+    """
+    costate = weight.unsqueeze(1) * (torch.softmax(probs, dim=1) - target)
+    return -(probs * costate).mean(dim=1)
+
+
+def marginal_calibration(raw: Tensor) -> Tensor:
+    """The paper's calibration ``phi_i = v_i - (1 / (N - 1)) sum_{j != i} v_j``."""
+    n = raw.numel()
+    if n < 2:
+        return raw.clone()
+    return raw * (1 + 1 / (n - 1)) - raw.sum() / (n - 1)
+
+
+def robust_score(x: Tensor) -> Tensor:
+    """Median/MAD standard score ``(x - median) / (1.4826 MAD)`` (the mean absolute deviation if MAD is 0).
+
+    Example:
+        >>> robust_score(torch.tensor([1.0, 2.0, 3.0, 100.0])).round(decimals=2).tolist()
+        [-0.67, 0.0, 0.67, 66.1]
+    """
+    x = x.double()
+    med = x.median()
+    scale = 1.4826 * (x - med).abs().median()
+    if not scale > 0:  # more than half the rows tie
+        scale = (x - med).abs().mean()
+    if not scale > 0:
+        return torch.zeros_like(x)
+    return (x - med) / scale
+
+
+def robust_clip(x: Tensor, fence: float | None = None, upper_scale: float = 1.0) -> Tensor:
+    """Robust standard score clipped to ``[-fence, fence]``: the bulk is untouched, no row can own a cluster.
+
+    A single row at distance ``d`` from ``n`` others of standard deviation ``s`` forms its own
+    2-means cluster only when ``d^2 > (2 / pi) n s^2``, i.e. ``d > ~0.8 sqrt(n) s``. The default
+    fence ``max(3, 0.5 sqrt(n))`` robust standard deviations stays below that, whatever the tail.
+    ``upper_scale < 1`` then compresses the scores above the median (strictly monotone, so the
+    order of the rows, hence AUROC and any ranking, is unchanged).
+
+    Example:
+        >>> v = torch.cat([torch.linspace(-1, 1, 99), torch.tensor([1e6])])
+        >>> out = robust_clip(v)
+        >>> float(out.max()) == 0.5 * 100 ** 0.5 and bool((out.argsort()[:99] == v.argsort()[:99]).all())
+        True
+    """
+    fence = max(3.0, 0.5 * x.numel() ** 0.5) if fence is None else float(fence)
+    z = robust_score(x).clamp(-fence, fence)
+    return torch.where(z > 0, z * upper_scale, z).float()

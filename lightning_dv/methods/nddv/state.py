@@ -1,0 +1,130 @@
+"""`NDDVState`: NDDV's per-fit state, registered on the LightningModule by the callback."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from lightning_dv.distributed import RowStatistics, all_reduce_sum
+from lightning_dv.methods.base import ValuationState
+from lightning_dv.methods.nddv.meta import WeightNet
+from lightning_dv.methods.weights import SampleWeights
+
+#: Columns of NDDV's per-row statistics.
+VALUE, WEIGHT = 0, 1
+
+
+def _frozen(t: Tensor) -> nn.Parameter:
+    return nn.Parameter(t, requires_grad=False)
+
+
+class WeightedMean(nn.Module):
+    """Running ``sum_i w_i X_i`` and ``sum_i w_i`` of one epoch, in float64, reduced across ranks once.
+
+    The width of ``X`` is known at the first update; checkpoints restore it (partial epoch included).
+
+    Example:
+        >>> m = WeightedMean()
+        >>> m.update(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([3.0, 1.0]))
+        >>> m.reduce().tolist()
+        [0.75, 0.25]
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = _frozen(torch.zeros(0, dtype=torch.float64))
+        self.weight = _frozen(torch.zeros((), dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, x: Tensor, w: Tensor) -> None:
+        if self.total.numel() != x.shape[1]:
+            self.total = _frozen(torch.zeros(x.shape[1], dtype=torch.float64, device=x.device))
+        wd = w.double()
+        self.total += (wd.unsqueeze(1) * x.double()).sum(0).to(self.total.device)
+        self.weight += wd.sum().to(self.weight.device)
+
+    @torch.no_grad()
+    def reduce(self, width: int | None = None) -> Tensor | None:
+        """The weighted mean over every rank (None if no weight); clears the epoch. Collective."""
+        if self.total.numel() == 0 and width is not None:  # a rank with no record still takes part
+            self.total = _frozen(torch.zeros(width, dtype=torch.float64, device=self.weight.device))
+        total = all_reduce_sum(torch.cat([self.total, self.weight.reshape(1)]))
+        self.total.zero_()
+        self.weight.zero_()
+        if not total[-1] > 0:
+            return None
+        return (total[:-1] / total[-1]).float()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        incoming = state_dict.get(prefix + "total")
+        if incoming is not None and incoming.shape != self.total.shape:
+            self.total = _frozen(torch.zeros_like(incoming, device=self.total.device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class NDDVState(ValuationState):
+    """The weights (softplus) or weight network (meta), the per-row statistics and the mean field.
+
+    ``stats`` holds per row the value and weight of each epoch (a padded duplicate counts once),
+    their running total and the latest epoch's; ``field`` the epoch's weighted sum of terminal
+    states; ``dynamics`` one such sum per ControlledDynamicsNet of the model. Everything but the
+    softplus weights is a frozen parameter: DDP leaves it alone and checkpoints carry it,
+    partial epoch included.
+    """
+
+    def __init__(self, num_rows: int, weighting: str, hidden: int) -> None:
+        super().__init__(num_rows)
+        self.weights = (
+            SampleWeights(num_rows, init=1.0, constraint="softplus") if weighting == "softplus" else None
+        )
+        self.weight_net = WeightNet(hidden) if weighting == "meta" else None
+        if self.weight_net is not None:
+            for p in self.weight_net.parameters():
+                p.requires_grad_(False)  # trained by the objective's own meta step, invisible to DDP
+        self.stats = RowStatistics(num_rows, width=2, keep_last=True)
+        with torch.no_grad():
+            self.stats.last[:, WEIGHT] = 1.0  # weight of a row never seen
+        self.mean_field = _frozen(torch.zeros(0))  # (K,) once the number of classes is known
+        self.field = WeightedMean()
+        self.dynamics = nn.ModuleDict()
+        self.meta_steps = _frozen(torch.zeros(()))
+
+    # read-only views of the statistics, by name
+    @property
+    def raw_value(self) -> Tensor:
+        """Latest epoch's state x costate value per row."""
+        return self.stats.last[:, VALUE]
+
+    @property
+    def weight(self) -> Tensor:
+        """Latest epoch's weight per row (1 for rows never seen)."""
+        return self.stats.last[:, WEIGHT]
+
+    @property
+    def seen(self) -> Tensor:
+        """Number of epochs each row was seen in."""
+        return self.stats.epochs
+
+    @property
+    def value_sum(self) -> Tensor:
+        """Sum over epochs of the state x costate value per row."""
+        return self.stats.total[:, VALUE]
+
+    def dynamics_field(self, name: str) -> WeightedMean:
+        """The running weighted sum of the terminal states of the ControlledDynamicsNet ``name``."""
+        key = name.replace(".", "__") or "root"
+        if key not in self.dynamics:
+            self.dynamics[key] = WeightedMean().to(self.mean_field.device)
+        return self.dynamics[key]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        # Sized lazily (K, and the ControlledDynamicsNet modules, are known at the first step).
+        incoming = state_dict.get(prefix + "mean_field")
+        if incoming is not None and incoming.shape != self.mean_field.shape:
+            self.mean_field = _frozen(torch.zeros_like(incoming, device=self.mean_field.device))
+        for key in state_dict:
+            if key.startswith(prefix + "dynamics.") and key.endswith(".weight"):
+                name = key[len(prefix + "dynamics.") : -len(".weight")]
+                if name not in self.dynamics:
+                    self.dynamics[name] = WeightedMean().to(self.mean_field.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
