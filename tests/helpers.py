@@ -67,6 +67,112 @@ class EpochSeededSampler(torch.utils.data.Sampler):
         return self.n
 
 
+class ResumableLoader(DataLoader):
+    """A DataLoader Lightning resumes mid-epoch (it has ``state_dict`` / ``load_state_dict``).
+
+    Its state is the number of batches of the current epoch drawn so far (0 once the epoch ran
+    out). After loading, the next iteration skips them in the same (epoch-seeded) permutation.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._yielded, self._exhausted, self._skip = 0, False, 0
+
+    def __iter__(self):
+        it = super().__iter__()
+        skip, self._skip = self._skip, 0
+        self._yielded, self._exhausted = 0, False
+        for _ in range(skip):
+            next(it)
+            self._yielded += 1
+        for batch in it:
+            self._yielded += 1
+            yield batch
+        self._exhausted = True
+
+    def state_dict(self):
+        consumed = 0 if self._exhausted else self._yielded
+        return {"consumed": consumed}
+
+    def load_state_dict(self, state):
+        self._skip = int(state["consumed"])
+
+
 def resumable_loader(x, y, batch_size=32, seed=0):
     ds = IndexedDataset(TensorDataset(torch.as_tensor(x), torch.as_tensor(y)))
-    return DataLoader(ds, batch_size=batch_size, sampler=EpochSeededSampler(len(ds), seed))
+    return ResumableLoader(ds, batch_size=batch_size, sampler=EpochSeededSampler(len(ds), seed))
+
+
+# -- an objective written from the ValuationObjective docstring alone (the contract tests use it) --
+from lightning_dv.distributed import RowStatistics  # noqa: E402
+from lightning_dv.methods.base import ValuationObjective, ValuationState  # noqa: E402
+
+
+class Margins(ValuationState):
+    def __init__(self, num_rows):
+        super().__init__(num_rows)
+        self.margin = RowStatistics(num_rows)
+
+
+class MarginObjective(ValuationObjective):
+    """The area-under-the-margin accumulator of the base class's docstring, verbatim."""
+
+    name, needs = "margin", frozenset({"outputs", "targets"})
+
+    def build(self, num_rows):
+        return Margins(num_rows)
+
+    def loss(self, state, step):
+        z = step.outputs.detach().float()
+        own = z.gather(1, step.targets[:, None]).squeeze(1)
+        other = z.scatter(1, step.targets[:, None], float("-inf")).amax(1)
+        state.margin.update(step.idx, own - other)
+        return step.per_sample_loss.mean()
+
+    def on_train_epoch_end(self, trainer, pl_module, state):
+        state.margin.reduce()
+
+    def values(self, state):
+        return state.margin.mean()
+
+
+#: Every training-time objective, by name: ``make_objective(name, x_valid)``.
+TRAINING_OBJECTIVES = ("lossval", "nddv", "aum", "margin")
+#: Whole-set methods, by their public names.
+WHOLE_SET_METHODS = ("ComplexityGapValuation", "EcoValValuation")
+
+
+def make_objective(name: str, x_valid=None, y_valid=None):
+    from lightning_dv import AUM, NDDV, LossVal
+
+    if name == "lossval":
+        return LossVal(validation=x_valid)
+    if name == "nddv":
+        return NDDV()
+    if name == "aum":
+        return AUM()
+    if name == "margin":
+        return MarginObjective()
+    raise ValueError(f"unknown objective {name!r}")
+
+
+def make_callback(name: str, x_valid, y_valid, **kwargs):
+    """A DataValuation callback for a training-time objective, or a whole-set callback by public name."""
+    from lightning_dv import ComplexityGapValuation, DataValuation, EcoVal, EcoValValuation
+
+    if name == "ComplexityGapValuation":
+        return ComplexityGapValuation(seed=2, **kwargs)
+    if name == "EcoValValuation":
+        return EcoValValuation(EcoVal(n_clusters=4, n_subsets=20, steps=20), (x_valid, y_valid), **kwargs)
+    return DataValuation(make_objective(name, x_valid, y_valid), **kwargs)
+
+
+def contract_data(n=96, d=6, k=3, seed=0):
+    """A small 3-class problem: ``(x, y, x_valid, y_valid)`` as float32 / int64 arrays."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(scale=2.0, size=(k, d))
+    y = np.arange(n) % k
+    x = (centers[y] + rng.normal(size=(n, d))).astype(np.float32)
+    yv = np.arange(30) % k
+    xv = (centers[yv] + rng.normal(size=(30, d))).astype(np.float32)
+    return x, y.astype(np.int64), xv, yv.astype(np.int64)
