@@ -1,4 +1,8 @@
-"""LossVal through real Trainer.fit runs: logging, export, resume, optimizer stepping, detection."""
+"""LossVal through real Trainer.fit runs: logging, export, optimizer stepping, detection.
+
+Behaviour shared by every objective (resume, accumulation, precisions, manual optimization,
+second fit, ids) is tested once for all of them in tests/test_objective_contract.py.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from helpers import MLP, digits_split, loader, resumable_loader, seeded, trainer_kwargs
+from helpers import MLP, digits_split, loader, seeded, trainer_kwargs
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import (
@@ -79,30 +83,6 @@ def test_other_loggers_get_scalars_and_one_warning(tmp_path, small):
     assert metrics["data_values/lossval/mean"].notna().sum() == 2
 
 
-def test_resume_equals_uninterrupted(tmp_path, small):
-    def run(epochs, ckpt=None, callbacks=()):
-        seeded(0)
-        model = MLP(small.x_train.shape[1], small.num_classes)
-        cb = DataValuation(LossVal(validation=(small.x_valid, small.y_valid)))
-        trainer = L.Trainer(
-            max_epochs=epochs,
-            callbacks=[cb, *callbacks],
-            **trainer_kwargs(enable_checkpointing=True, default_root_dir=tmp_path / "root"),
-        )
-        trainer.fit(model, resumable_loader(small.x_train, small.y_train), ckpt_path=ckpt)
-        return cb, model
-
-    full, full_model = run(6)
-    ckpt_cb = ModelCheckpoint(dirpath=tmp_path, save_last=True)
-    run(3, callbacks=[ckpt_cb])
-    resumed, resumed_model = run(6, ckpt=str(tmp_path / "last.ckpt"))
-    np.testing.assert_allclose(resumed.values.values, full.values.values, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(resumed.values.trajectory, full.values.trajectory, rtol=1e-5, atol=1e-6)
-    assert resumed.optimizer_steps == full.optimizer_steps
-    for (n, p), (_, q) in zip(full_model.named_parameters(), resumed_model.named_parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)
-
-
 def test_plain_load_from_checkpoint_with_strict_false(tmp_path, small):
     ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True)
     seeded(0)
@@ -116,36 +96,7 @@ def test_plain_load_from_checkpoint_with_strict_false(tmp_path, small):
     torch.testing.assert_close(sd["dv_state.weights.raw"], model.dv_state.weights.raw)
 
 
-def test_gradient_accumulation_steps_once_per_optimizer_step(small):
-    cb, _, _ = fit(small, epochs=2, accumulate_grad_batches=3)
-    batches = math.ceil(len(small.x_train) / 32)
-    assert cb.optimizer_steps == 2 * math.ceil(batches / 3)
-
-
-class ManualMLP(MLP):
-    def __init__(self, *a, **k):
-        super().__init__(*a, **k)
-        self.automatic_optimization = False
-
-    def training_step(self, batch, batch_idx):
-        opt = self.optimizers()
-        idx, x, y = batch
-        out = self(x)
-        loss = self.valuation_loss(self.per_sample_loss(out, y), idx, inputs=x)
-        opt.zero_grad()
-        self.manual_backward(loss)
-        opt.step()
-        return loss.detach()
-
-
-def test_manual_optimization_steps_weights(small):
-    model = ManualMLP(small.x_train.shape[1], small.num_classes)
-    cb, _, _ = fit(small, epochs=2, model=model)
-    assert cb.optimizer_steps == 2 * math.ceil(len(small.x_train) / 32)
-    assert not np.allclose(cb.values.values, 1.0)
-
-
-@pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true"])
+@pytest.mark.parametrize("precision", ["bf16-mixed"])  # bf16-true: tests/test_objective_contract.py
 def test_bf16_keeps_weights_fp32_and_steps_once(small, precision):
     cb, _, model = fit(small, epochs=1, precision=precision)
     assert model.dv_state.weights.raw.dtype == torch.float32
@@ -183,21 +134,6 @@ def test_digits_detection_auroc_above_0_9():
     s = digits_split(0.1)
     cb, _, _ = fit(s, epochs=8, callback_kwargs={"known_noisy": s.noisy})
     assert detection_auroc(cb.values.values, s.noisy) > 0.9
-
-
-def test_ids_are_exported(tmp_path, small):
-    ids = [f"row-{i}" for i in range(len(small.x_train))]
-    out = tmp_path / "v.csv"
-    cb, _, _ = fit(
-        small,
-        epochs=1,
-        callback_kwargs={"export_path": out},
-        loader_=loader(small.x_train, small.y_train, ids=ids),
-    )
-    import pandas as pd
-
-    df = pd.read_csv(out)
-    assert df["id"].tolist() == ids and df["row"].tolist() == list(range(len(ids)))
 
 
 def test_16_mixed_with_grad_scaler_unscales_and_steps_the_weights(small):

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -244,7 +241,7 @@ def test_weight_network_trains_during_fit(split, clean_meta):
 
 
 # -- resume -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("weighting", ["softplus", "meta"])
+@pytest.mark.parametrize("weighting", ["meta"])  # softplus: tests/test_objective_contract.py
 def test_resume_reproduces_uninterrupted_values(weighting, split, clean_meta, tmp_path):
     x, y = split.x_train[:320], split.y_train[:320]
 
@@ -327,96 +324,38 @@ def test_controlled_dynamics_end_to_end_updates_its_mean_field(split, clean_meta
     assert detection_auroc(values.values, split.noisy) > 0.85
 
 
-# -- DDP ---------------------------------------------------------------------------------------
-DDP_SCRIPT = """
-import sys, numpy as np, torch, lightning as L
-sys.path.insert(0, {tests!r})
-from helpers import MLP, loader, seeded
-from lightning_dv import DataValuation
-from lightning_dv.methods.nddv import NDDV
-
-out, devices = sys.argv[1], int(sys.argv[2])
-g = torch.Generator().manual_seed(0)
-x = torch.randn(103, 6, generator=g)          # 103 rows: the sampler pads, ranks see 52 and 52
-y = (torch.arange(103) % 3)
-seeded(0)
-model = MLP(6, 3, lr=0.0)                      # frozen model: values depend only on the rows
-cb = DataValuation(NDDV(lr=1e-12))
-kw = dict(strategy="ddp") if devices > 1 else {{}}
-trainer = L.Trainer(devices=devices, accelerator="cpu", max_epochs=2, callbacks=[cb], logger=False,
-                    enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, **kw)
-trainer.fit(model, loader(x.numpy(), y.numpy(), batch_size=8, shuffle=True))
-st = model.dv_state
-np.savez(out + f"/d{{devices}}_rank{{trainer.global_rank}}.npz", values=cb.values.values,
-         raw=st.raw_value.detach().numpy(), mu=st.mean_field.detach().numpy(), seen=st.seen.detach().numpy())
-"""
-
-
+# -- DDP (the one worker script, tests/scripts/ddp_worker.py) ----------------------------------------
 def test_ddp_values_and_mean_field_match_single_rank(tmp_path):
-    """Two gloo ranks: identical state on both, every row once, equal to the single-process run."""
-    script = tmp_path / "ddp_nddv.py"
-    script.write_text(DDP_SCRIPT.format(tests=str(ROOT / "tests")))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    for devices in (2, 1):
-        proc = subprocess.run(
-            [sys.executable, str(script), str(tmp_path), str(devices)],
-            capture_output=True,
-            text=True,
-            timeout=240,
-            env=env,
-            cwd=tmp_path,
-        )
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    single = np.load(tmp_path / "d1_rank0.npz")
-    ranks = [np.load(tmp_path / f"d2_rank{r}.npz") for r in (0, 1)]
+    """Two gloo ranks, frozen model: identical state on both, every row once, equal to one process."""
+    from test_objective_contract import run_worker
+
+    ranks = run_worker("nddv", tmp_path, "--frozen", "--rows", "103", "--devices", "2")
+    (single,) = run_worker("nddv", tmp_path, "--frozen", "--rows", "103", "--devices", "1")
     for got in ranks:
-        assert (got["seen"] == 2.0).all()  # every row counted exactly once in each of the 2 epochs
-        np.testing.assert_allclose(got["raw"], single["raw"], rtol=1e-5, atol=1e-7)
+        st, ref = got["state"], single["state"]
+        assert (st["stats.epochs"] == 2.0).all()  # every row counted exactly once in each of the 2 epochs
+        torch.testing.assert_close(st["stats.last"], ref["stats.last"], rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(got["values"], single["values"], rtol=0, atol=1e-5)
         # the mean field counts a row once per rank: the padded row (1 of 103) weighs twice
-        np.testing.assert_allclose(got["mu"], single["mu"], atol=2 / 103)
-        np.testing.assert_allclose(got["values"], single["values"], atol=1e-5)
-    np.testing.assert_array_equal(ranks[0]["mu"], ranks[1]["mu"])
-
-
-DDP_META_SCRIPT = """
-import sys, numpy as np, torch, lightning as L
-sys.path.insert(0, {tests!r})
-from helpers import MLP, loader, seeded
-from lightning_dv import DataValuation
-from lightning_dv.methods.nddv import NDDV
-
-out = sys.argv[1]
-g = torch.Generator().manual_seed(0)
-x, y = torch.randn(101, 6, generator=g), torch.arange(101) % 3
-xm, ym = torch.randn(40, 6, generator=g), torch.arange(40) % 3
-seeded(0)
-model = MLP(6, 3)
-cb = DataValuation(NDDV(weighting="meta", meta=(xm, ym), meta_batch_size=16, lr=0.01))
-trainer = L.Trainer(devices=2, strategy="ddp", accelerator="cpu", max_epochs=2, callbacks=[cb], logger=False,
-                    enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-trainer.fit(model, loader(x.numpy(), y.numpy(), batch_size=8, shuffle=True))
-st = model.dv_state
-phi = torch.cat([p.detach().reshape(-1) for p in st.weight_net.parameters()]).numpy()
-np.savez(out + f"/meta_rank{{trainer.global_rank}}.npz", phi=phi, values=cb.values.values,
-         steps=float(st.meta_steps), seen=st.seen.detach().numpy())
-"""
+        torch.testing.assert_close(st["mean_field"], ref["mean_field"], rtol=0, atol=2 / 103)
+    torch.testing.assert_close(
+        ranks[0]["state"]["mean_field"], ranks[1]["state"]["mean_field"], rtol=0, atol=0
+    )
 
 
 @pytest.mark.slow
 def test_ddp_meta_step_keeps_the_weight_network_identical_on_both_ranks(tmp_path):
     """The meta-gradient is averaged by hand across ranks: both ranks must hold the same, trained phi."""
-    script = tmp_path / "ddp_nddv_meta.py"
-    script.write_text(DDP_META_SCRIPT.format(tests=str(ROOT / "tests")))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(
-        [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300, env=env
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    r0, r1 = (np.load(tmp_path / f"meta_rank{r}.npz") for r in (0, 1))
-    np.testing.assert_array_equal(r0["phi"], r1["phi"])
-    np.testing.assert_array_equal(r0["values"], r1["values"])
-    assert float(r0["steps"]) == 2 * 7  # 51 rows per rank, batch 8: 7 steps per epoch
-    assert (r0["seen"] == 2).all()
+    from test_objective_contract import run_worker
+
+    r0, r1 = run_worker("nddv_meta", tmp_path)
+    phi = [k for k in r0["state"] if k.startswith("weight_net.")]
+    assert phi
+    for k in phi:
+        torch.testing.assert_close(r0["state"][k], r1["state"][k], rtol=0, atol=0)
+    torch.testing.assert_close(r0["values"], r1["values"], rtol=0, atol=0)
+    assert float(r0["state"]["meta_steps"]) == 2 * 7  # 51 rows per rank, batch 8: 7 steps per epoch
+    assert (r0["state"]["stats.epochs"] == 2).all()
 
 
 def test_upper_scale_keeps_order_and_lets_2_means_cut_in_the_low_tail():
