@@ -29,6 +29,7 @@ import numpy as np
 from benchmarks.baselines import MethodUnavailable, _fit_predict_proba, logistic_model
 from benchmarks.registry import get_method
 from lightning_dv.datasets import BUNDLED, REGRESSION, Split, make_split
+from lightning_dv.distributed import scatter_rows
 from lightning_dv.io import atomic_write
 from lightning_dv.metrics import detection_auroc, discovery_curve, kmeans_f1
 from lightning_dv.values import DataValues
@@ -43,19 +44,13 @@ DISCOVERY_FRACTIONS = tuple(round(f, 2) for f in np.arange(0.05, 1.001, 0.05))
 
 def align_values(values: DataValues, num_rows: int, method: str) -> np.ndarray:
     """The values as an array in dataset-row order, checked to cover every row exactly once."""
-    v = np.full(num_rows, np.nan)
-    index = np.asarray(values.index)
-    if (
-        len(values) != num_rows
-        or index.min() < 0
-        or index.max() >= num_rows
-        or len(np.unique(index)) != num_rows
-    ):
+    try:
+        v = scatter_rows(values.index, values.values, num_rows, each_once=True)[0].numpy()
+    except ValueError as err:
         raise ValueError(
-            f"method {method!r} returned {len(values)} values for rows {index.min()}..{index.max()}; "
-            f"expected exactly one value per training row 0..{num_rows - 1}."
-        )
-    v[index] = values.values
+            f"method {method!r} returned {len(values)} values; expected exactly one value per training row "
+            f"0..{num_rows - 1}: {err}"
+        ) from None
     if not np.all(np.isfinite(v)):
         raise ValueError(f"method {method!r} returned {int((~np.isfinite(v)).sum())} non-finite values.")
     return v

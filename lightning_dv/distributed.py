@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torchmetrics.utilities.distributed import gather_all_tensors
 
-from lightning_dv.methods.weights import Float32Module
+from lightning_dv._float32 import Float32Module
 
 
 def is_distributed() -> bool:

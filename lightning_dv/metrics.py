@@ -17,6 +17,8 @@ from torchmetrics import Metric
 from torchmetrics.functional.classification import binary_auroc
 from torchmetrics.utilities import dim_zero_cat
 
+from lightning_dv.distributed import scatter_rows
+
 
 def _as_tensor(x, dtype=torch.float64) -> Tensor:
     if isinstance(x, Tensor):
@@ -162,12 +164,8 @@ class _RowMetric(Metric):
     def _dedup(self) -> tuple[Tensor, Tensor]:
         rows, vals, noisy = (dim_zero_cat(x).cpu() for x in (self.rows, self.values, self.noisy))
         # DistributedSampler pads with repeated rows: keep one entry per row, scattered by index.
-        n = int(rows.max()) + 1 if rows.numel() else 0
-        v = torch.full((n,), float("nan"), dtype=torch.float64)
-        t = torch.zeros(n, dtype=torch.bool)
-        seen = torch.zeros(n, dtype=torch.bool)
-        v[rows], t[rows], seen[rows] = vals, noisy, True
-        return v[seen], t[seen]
+        both, seen = scatter_rows(rows, torch.stack([vals, noisy.double()], dim=1))
+        return both[seen, 0], both[seen, 1].bool()
 
 
 class DetectionF1(_RowMetric):

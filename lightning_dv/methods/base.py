@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from lightning_dv.methods.weights import Float32Module
+from lightning_dv._float32 import Float32Module
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
