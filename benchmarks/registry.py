@@ -208,6 +208,12 @@ def _nddv_meta(split: Split, seed: int) -> DataValues:
     )
 
 
+@register("aum", kind="project", description="AUM (area under the margin), 30 epochs, MLP(64), Lightning fit")
+def _aum(split: Split, seed: int) -> DataValues:
+    aum = _import_project("lightning_dv.methods.aum", "AUM", "AUM")
+    return fit_with_objective(split, seed, aum, epochs=30)
+
+
 @register("complexity_gap", kind="project", description="complexity-gap score (training-free, negated CG)")
 def _complexity_gap(split: Split, seed: int) -> DataValues:
     fn = _import_project("lightning_dv.methods.complexity_gap", "complexity_gap", "complexity_gap")
