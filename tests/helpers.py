@@ -149,6 +149,8 @@ def make_objective(name: str, x_valid=None, y_valid=None):
         return LossVal(validation=x_valid)
     if name == "nddv":
         return NDDV()
+    if name == "lossval_subsample":  # draws validation rows from its own checkpointed generator
+        return LossVal(validation=x_valid, validation_subsample=10)
     if name == "nddv_meta":
         return NDDV(weighting="meta", meta=(x_valid, y_valid), meta_batch_size=16, lr=0.01)
     if name == "aum":

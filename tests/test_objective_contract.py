@@ -31,6 +31,7 @@ from helpers import (
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_dv import DataValuation, DataValues
+from lightning_dv.distributed import RowStatistics, scatter_rows
 
 TESTS = Path(__file__).resolve().parent
 STEPS_PER_EPOCH = 6  # 96 rows, batch 16
@@ -60,7 +61,7 @@ def assert_same_run(a, b, model_a, model_b):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)
 
 
-@pytest.mark.parametrize("name", TRAINING_OBJECTIVES)
+@pytest.mark.parametrize("name", [*TRAINING_OBJECTIVES, "lossval_subsample"])
 @pytest.mark.parametrize("where", ["epoch_end", "mid_epoch"])
 def test_resume_is_exact(name, where, data, tmp_path):
     """4 epochs uninterrupted == stopped (at an epoch end, or after step 9 of 24) and resumed."""
@@ -182,6 +183,43 @@ def test_export_and_ids_round_trip(name, data, tmp_path):
     back = DataValues.load(out).sorted_by_row()
     assert back.index.tolist() == list(range(len(x))) and back.ids.tolist() == ids
     np.testing.assert_allclose(back.values, cb.values.sorted_by_row().values, rtol=1e-6)
+
+
+def test_row_statistics_match_a_brute_force_reference():
+    """Random batches with repeated rows over 3 epochs (one checkpoint round trip mid-epoch)."""
+    g = torch.Generator().manual_seed(0)
+    n, stats = 20, RowStatistics(20, width=2, keep_last=True)
+    per_epoch = []
+    for epoch in range(3):
+        records: dict[int, list] = {}
+        for b in range(4):
+            rows = torch.randint(0, n, (7,), generator=g)
+            vals = torch.randn(7, 2, generator=g)
+            stats.update(rows, vals)
+            for r, v in zip(rows.tolist(), vals):
+                records.setdefault(r, []).append(v)
+            if epoch == 1 and b == 1:  # a checkpoint mid-epoch: the partial epoch travels with it
+                fresh = RowStatistics(n, width=2, keep_last=True)
+                fresh.load_state_dict(stats.state_dict())
+                stats = fresh
+        per_epoch.append({r: torch.stack(v).mean(0) for r, v in records.items()})
+        seen = stats.reduce()
+        assert seen.nonzero().reshape(-1).tolist() == sorted(records)
+    for r in range(n):
+        means = [e[r] for e in per_epoch if r in e]
+        assert int(stats.epochs[r]) == len(means)
+        if means:
+            torch.testing.assert_close(stats.mean()[r], torch.stack(means).mean(0))
+            torch.testing.assert_close(stats.last[r], means[-1] if r in per_epoch[-1] else stats.last[r])
+
+
+def test_scatter_rows_is_the_one_scatter():
+    dense, seen = scatter_rows(np.array([3, 0, 3]), np.array([1.0, 2.0, 1.0]), 5)
+    assert seen.tolist() == [True, False, False, True, False] and dense[0] == 2.0 and dense[3] == 1.0
+    with pytest.raises(ValueError, match="exactly one value per row"):
+        scatter_rows(np.array([0, 0]), np.array([1.0, 2.0]), 2, each_once=True)
+    with pytest.raises(ValueError, match="outside"):
+        scatter_rows(np.array([5]), np.array([1.0]), 2)
 
 
 # -- 2-process DDP: one worker script for every method -----------------------------------------
