@@ -118,7 +118,9 @@ class RowStatistics(Float32Module):
     ``update`` costs O(batch); ``reduce`` one all-reduce of ``(width + 1) N`` floats per epoch.
     The tensors are frozen parameters, not buffers: DDP re-broadcasts buffers from rank 0 before
     every forward, which would overwrite each rank's partial epoch. State: ``4 (2 width + 2)``
-    bytes per row (``+ 4 width`` with ``keep_last``).
+    bytes per row (``+ 4 width`` with ``keep_last``). Lightning writes checkpoints from rank
+    zero, so under DDP a mid-epoch checkpoint holds rank zero's partial epoch only: resume DDP
+    runs from an epoch-end checkpoint (exact); a single process resumes exactly from either.
 
     Args:
         num_rows: Number of training rows.
