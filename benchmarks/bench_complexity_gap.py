@@ -49,13 +49,11 @@ import numpy as np
 import torch
 
 from lightning_dv.datasets import make_split
-from lightning_dv.methods.complexity_gap.core import (
-    _inverse_column_norms,
-    cg_scores,
-    complexity_gap,
-    ntk_gram_,
-    problem_memory_bytes,
-)  # the phase timings call the solver's own steps
+from lightning_dv.methods.complexity_gap import cg_scores, complexity_gap
+from lightning_dv.methods.complexity_gap.kernel import _inverse_column_norms, ntk_gram_
+from lightning_dv.methods.complexity_gap.memory import (
+    problem_memory_bytes,  # the phase timings call the solver's own steps
+)
 from lightning_dv.metrics import detection_auroc, kmeans_f1
 
 
@@ -125,7 +123,7 @@ import json, sys, time, torch
 torch.set_num_threads(int(sys.argv[3]))
 sys.path.insert(0, sys.argv[4])
 from bench_complexity_gap import synthetic_problem
-from lightning_dv.methods.complexity_gap.core import cg_scores
+from lightning_dv.methods.complexity_gap import cg_scores
 
 def hwm():  # peak RSS of this process image (VmHWM resets at exec; ru_maxrss keeps the parent's)
     with open("/proc/self/status") as fh:

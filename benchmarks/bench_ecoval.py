@@ -30,7 +30,7 @@ import torch
 
 from benchmarks.protocol import REMOVAL_FRACTIONS, removal_accuracy
 from lightning_dv.datasets import Split, make_split
-from lightning_dv.methods.ecoval.core import EcoVal
+from lightning_dv.methods.ecoval import EcoVal
 from lightning_dv.metrics import detection_auroc, kmeans_f1
 from lightning_dv.values import DataValues
 
@@ -127,7 +127,7 @@ def speed(name: str = "digits", n_subsets: int = 64, repeats: int = 3, steps: in
     """Median wall time of training ``n_subsets`` subset models: batched, a loop, scikit-learn."""
     from sklearn.linear_model import LogisticRegression
 
-    from lightning_dv.methods.ecoval.core import sample_subsets, train_softmax_batched
+    from lightning_dv.methods.ecoval import sample_subsets, train_softmax_batched
 
     split = make_split(name, noise=0.1, seed=0)
     x, y = torch.tensor(split.x_train), torch.tensor(split.y_train)

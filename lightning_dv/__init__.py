@@ -1,10 +1,10 @@
 """lightning-dv: data valuation as a by-product of PyTorch Lightning training."""
 
-from lightning_dv.callbacks import DataValuation
+from lightning_dv.callbacks import ComplexityGapValuation, DataValuation, EcoValValuation, WholeSetValuation
 from lightning_dv.data import IndexedDataset
 from lightning_dv.methods import AUM, NDDV, LossVal, ValuationObjective, ValuationState, ValuationStep
-from lightning_dv.methods.complexity_gap import ComplexityGapValuation, complexity_gap
-from lightning_dv.methods.ecoval import EcoVal, EcoValValuation
+from lightning_dv.methods.complexity_gap import ComplexityGap, complexity_gap
+from lightning_dv.methods.ecoval import EcoVal
 from lightning_dv.methods.nddv.dynamics import ControlledDynamicsNet
 from lightning_dv.metrics import (
     DetectionAUROC,
@@ -21,6 +21,7 @@ __all__ = [
     "AUM",
     "DataValuation",
     "DataValuationMixin",
+    "ComplexityGap",
     "ComplexityGapValuation",
     "ControlledDynamicsNet",
     "LossVal",
@@ -28,6 +29,7 @@ __all__ = [
     "ValuationObjective",
     "ValuationState",
     "ValuationStep",
+    "WholeSetValuation",
     "DataValues",
     "DetectionAUROC",
     "DetectionF1",

@@ -21,15 +21,15 @@ from tensorboard.backend.event_processing.event_accumulator import (
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_dv.callbacks import ComplexityGapValuation
 from lightning_dv.data import IndexedDataset
-from lightning_dv.methods.complexity_gap.core import (
-    ComplexityGapValuation,
+from lightning_dv.methods.complexity_gap import (
     NotPositiveDefiniteError,
     cg_scores,
     complexity_gap,
     plan_problems,
 )
-from lightning_dv.metrics import detection_auroc
+from lightning_dv.metrics import detection_auroc, two_means_split
 from lightning_dv.values import DataValues
 
 TOL = dict(rtol=1e-9, atol=1e-9)
@@ -182,17 +182,33 @@ def test_same_label_duplicates_are_merged_exactly_and_reported():
     assert tiny[[4, 9, 30, 31]].abs().max() < 1e-5
 
 
-def test_conflicting_duplicates_need_a_ridge_and_then_score_highest():
+def test_conflicting_duplicates_score_most_suspicious_and_the_rest_exactly():
     x, y = data(n=30, classes=2, seed=9)
-    x_dup = torch.cat([x, x[3:4]])
-    y_dup = torch.cat([y, 1 - y[3:4]])
-    with pytest.raises(ValueError, match=r"rows \[3, 30\].*ridge="):
-        complexity_gap(x_dup, y_dup, mode="binary")
-    with pytest.warns(UserWarning, match=r"rows \[3, 30\]"):
-        dv = complexity_gap(x_dup, y_dup, mode="binary", ridge=1e-3)
+    x_dup = torch.cat([x, x[3:4], 2.0 * x[7:8], x[7:8]])  # row 3 twice; row 7 three times (scaled)
+    y_dup = torch.cat([y, 1 - y[3:4], y[7:8], 1 - y[7:8]])
+    conflicting = [3, 7, 30, 31, 32]
+    rest = [i for i in range(33) if i not in conflicting]
+    with pytest.warns(UserWarning, match=r"rows \[3, 30\].*most suspicious"):
+        dv = complexity_gap(x_dup, y_dup, mode="binary")
+    got = cg(dv)
+    # every other row: exactly the brute-force score on the data without the conflicting rows
     t = torch.where(y_dup == 1, 1.0, -1.0).double()
-    torch.testing.assert_close(cg(dv), brute_cg(x_dup, t, ridge=1e-3), **TOL)
-    assert set(dv.lowest(2).index.tolist()) == {3, 30}
+    torch.testing.assert_close(got[rest], brute_cg(x_dup[rest], t[rest]), **TOL)
+    # the conflicting rows: the most suspicious (just above every finite score), in the low 2-means cluster
+    assert (got[conflicting] > got[rest].max()).all() and torch.isfinite(got).all()
+    assert set(dv.lowest(5).index.tolist()) == set(conflicting)
+    assert dv.columns["conflicting"].nonzero()[0].tolist() == conflicting
+    assert two_means_split(dv.values)[conflicting].all()
+    assert dv.metadata["conflicting_rows"] == 5
+    # one-vs-rest: identical to the scores computed on the rest alone (same negatives drawn)
+    with pytest.warns(UserWarning):
+        ovr = cg(complexity_gap(x_dup, y_dup, seed=3))
+    torch.testing.assert_close(ovr[rest], cg(complexity_gap(x_dup[rest], y_dup[rest], seed=3)), **TOL)
+    # ridge= stays an option: the conflicting copies stay in and score highest
+    with pytest.warns(UserWarning, match=r"rows \[3, 30\]"):
+        ridged = complexity_gap(x_dup, y_dup, mode="binary", ridge=1e-3)
+    torch.testing.assert_close(cg(ridged), brute_cg(x_dup, t, ridge=1e-3), **TOL)
+    assert set(ridged.lowest(2).index.tolist()) <= set(conflicting)
 
 
 def test_near_duplicates_are_merged_and_a_singular_problem_is_a_clear_error():
@@ -364,7 +380,7 @@ DDP_SCRIPT = """
 import sys, numpy as np, torch, lightning as L
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-from lightning_dv.methods.complexity_gap.core import ComplexityGapValuation
+from lightning_dv.callbacks import ComplexityGapValuation
 from lightning_dv.data import IndexedDataset
 
 class Tiny(L.LightningModule):

@@ -10,12 +10,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_dv.callbacks import EcoValValuation
 from lightning_dv.data import IndexedDataset
-from lightning_dv.methods.ecoval.core import (
+from lightning_dv.methods.ecoval import (
     EcoVal,
-    EcoValValuation,
     fit_cobb_douglas,
-    log_and_export,
     neighbour_agreement,
     sample_subsets,
     train_softmax_batched,
@@ -284,23 +283,6 @@ def _read_events(log_dir):
     acc = EventAccumulator(str(log_dir), size_guidance=STORE_EVERYTHING_SIZE_GUIDANCE)
     acc.Reload()
     return acc
-
-
-def test_log_and_export_writes_tensorboard_and_file(fitted, tmp_path):
-    from lightning.pytorch.loggers import TensorBoardLogger
-
-    _, dv, _ = fitted
-    logger = TensorBoardLogger(tmp_path, name="tb")
-    trainer = pl.Trainer(logger=logger, enable_progress_bar=False, enable_checkpointing=False)
-    scalars = log_and_export(trainer, dv, tmp_path / "values.csv", noisy=np.arange(300, 330))
-    assert scalars["data_values/ecoval/detection_auroc"] > 0.9
-    acc = _read_events(logger.log_dir)
-    assert "data_values/ecoval/histogram" in acc.Tags()["histograms"]
-    assert "data_values/ecoval/detection_f1" in acc.Tags()["scalars"]
-    back = DataValues.load(tmp_path / "values.csv")
-    np.testing.assert_allclose(back.values, dv.values)
-    for col in ("cluster", "intrinsic", "extrinsic"):
-        np.testing.assert_allclose(back.columns[col], dv.columns[col])
 
 
 def test_callback_values_training_rows_at_train_start(tmp_path):

@@ -11,15 +11,20 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_dv.callbacks.reporting import as_noisy_mask, export_values, log_values
+from lightning_dv.callbacks.reporting import as_noisy_mask, export_values, log_trajectory_figure, log_values
 from lightning_dv.data import IndexedDataset
 from lightning_dv.io import check_export_path, check_export_suffix
-from lightning_dv.methods.base import STEP_FIELDS, ValuationObjective, ValuationState, ValuationStep
+from lightning_dv.methods import registry
+from lightning_dv.methods.base import (
+    STEP_FIELDS,
+    ValuationObjective,
+    ValuationState,
+    ValuationStep,
+    WholeSetMethod,
+)
 from lightning_dv.values import DataValues
 
 #: Attribute under which the objective's learnable state is registered on the LightningModule.
@@ -69,9 +74,14 @@ class DataValuation(Callback):
         prefix: str = "data_values",
     ) -> None:
         if not isinstance(objective, ValuationObjective):
+            hint = (
+                " (a whole-set method: use WholeSetValuation)"
+                if isinstance(objective, WholeSetMethod)
+                else ""
+            )
             raise TypeError(
-                f"`objective` must be a ValuationObjective such as LossVal(...) or NDDV(...); "
-                f"got {type(objective).__name__}."
+                f"`objective` must be a ValuationObjective; got {type(objective).__name__}{hint}. "
+                f"Registered objectives: {registry.describe('objective')}."
             )
         if export_path is not None:
             check_export_suffix(export_path)  # folder checks wait for setup (rank zero only)
@@ -307,10 +317,9 @@ class DataValuation(Callback):
         values = self._build_values(pl_module)
         self._values = values
         if trainer.is_global_zero:
-            self._log_trajectory_figure(trainer, values)
+            log_trajectory_figure(trainer, values, self.prefix, trainer.current_epoch)
         if self.export_path is not None:
             export_values(trainer, values, self.export_path)
-            rank_zero_info(f"DataValuation: wrote {len(values)} values to {self.export_path}")
 
     def _build_values(self, pl_module: pl.LightningModule) -> DataValues:
         state = self._state(pl_module)
@@ -336,32 +345,6 @@ class DataValuation(Callback):
         if self._values is None:
             raise RuntimeError("no values yet: call `trainer.fit(...)` with this callback first.")
         return self._values
-
-    def _log_trajectory_figure(self, trainer: pl.Trainer, values: DataValues, k: int = 5) -> None:
-        if values.trajectory is None or values.trajectory.shape[0] < 2:
-            return
-        tb = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
-        if not tb:
-            return
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            return
-        fig, ax = plt.subplots(figsize=(6, 4))
-        epochs = np.arange(1, values.trajectory.shape[0] + 1)
-        for sel, color in ((values.lowest(k), "tab:red"), (values.highest(k), "tab:blue")):
-            for j in range(len(sel)):
-                ax.plot(epochs, sel.trajectory[:, j], color=color, alpha=0.8, label=f"row {sel.index[j]}")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("value")
-        ax.set_title(f"{self.objective.name}: {k} lowest (red) and highest (blue) rows")
-        ax.legend(fontsize=6, ncol=2)
-        for lg in tb:
-            lg.experiment.add_figure(f"{self.prefix}/trajectories", fig, global_step=trainer.current_epoch)
-        plt.close(fig)
 
     # -- checkpointing ---------------------------------------------------------------------------
     @override

@@ -1,4 +1,9 @@
-"""Logging and export shared by every valuation callback: histograms, summary scalars, detection."""
+"""The one reporting path of every valuation callback: scalars, histogram, figures, rank-zero export.
+
+Both :class:`~lightning_dv.callbacks.DataValuation` and
+:class:`~lightning_dv.callbacks.WholeSetValuation` publish through these functions, so every
+method logs the same tags and exports the same way.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from torch import Tensor
 
 from lightning_dv.metrics import detection_auroc, kmeans_f1
@@ -85,9 +90,75 @@ def log_values(
 
 
 def export_values(trainer: pl.Trainer | None, values: DataValues, path: str | os.PathLike) -> None:
-    """Write ``values`` to ``path`` atomically, from rank zero only (all ranks hold the same values)."""
+    """Write ``values`` to ``path`` atomically from rank zero, then wait at a barrier.
+
+    Every rank holds the same values; one writes, and the barrier keeps the other ranks from
+    reading (or a launcher from collecting) the file before it exists.
+    """
     if trainer is None or trainer.is_global_zero:
         values.save(path)
+        rank_zero_info(f"{values.method}: wrote {len(values)} values to {path}")
+    if trainer is not None:
+        trainer.strategy.barrier("lightning_dv.export")
+
+
+def publish(
+    trainer: pl.Trainer,
+    values: DataValues,
+    *,
+    prefix: str,
+    step: int,
+    noisy: Tensor | None = None,
+    export_path: str | os.PathLike | None = None,
+) -> None:
+    """Log the final values (scalars, histogram, trajectory figure) and export them.
+
+    Args:
+        trainer: The running trainer.
+        values: The values, one per valued row (``values.index``).
+        prefix: Tag prefix, e.g. ``"data_values/complexity_gap"``.
+        step: Step recorded with the logged data.
+        noisy: Optional boolean mask of known-noisy rows, aligned with ``values.values``.
+        export_path: Optional destination (.csv, .parquet, .npz).
+    """
+    log_values(trainer, torch.as_tensor(values.values), step=step, prefix=prefix, noisy=noisy)
+    if trainer.is_global_zero:
+        log_trajectory_figure(trainer, values, prefix, step)
+    if export_path is not None:
+        export_values(trainer, values, export_path)
+
+
+def log_trajectory_figure(
+    trainer: pl.Trainer, values: DataValues, prefix: str, step: int, k: int = 5
+) -> None:
+    """A TensorBoard figure of the value trajectories of the ``k`` lowest and highest rows.
+
+    Nothing is logged without a trajectory of at least two epochs, a TensorBoard logger, or matplotlib.
+    """
+    if values.trajectory is None or values.trajectory.shape[0] < 2:
+        return
+    tb = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+    if not tb:
+        return
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = np.arange(1, values.trajectory.shape[0] + 1)
+    for sel, color in ((values.lowest(k), "tab:red"), (values.highest(k), "tab:blue")):
+        for j in range(len(sel)):
+            ax.plot(epochs, sel.trajectory[:, j], color=color, alpha=0.8, label=f"row {sel.index[j]}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("value")
+    ax.set_title(f"{values.method}: {k} lowest (red) and highest (blue) rows")
+    ax.legend(fontsize=6, ncol=2)
+    for lg in tb:
+        lg.experiment.add_figure(f"{prefix}/trajectories", fig, global_step=step)
+    plt.close(fig)
 
 
 def as_noisy_mask(noisy, num_rows: int) -> Tensor | None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -31,6 +31,8 @@ from lightning_dv._float32 import Float32Module
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
+
+    from lightning_dv.values import DataValues
 
 #: What an objective may read from a step (the keyword arguments of ``valuation_loss``).
 STEP_FIELDS = ("inputs", "outputs", "targets", "module")
@@ -163,3 +165,28 @@ class ValuationObjective(ABC):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
+
+
+@runtime_checkable
+class WholeSetMethod(Protocol):
+    """A method that values a whole labelled set in one call: ``fit(features, labels) -> DataValues``.
+
+    :class:`~lightning_dv.callbacks.WholeSetValuation` runs any such method on the training rows
+    at fit start (ids, ``known_noisy``, logging and export are the callback's), e.g. the complexity
+    gap or EcoVal. ``name`` names it in logged tags and exports. The returned values hold one
+    entry per given row, in the given order, HIGHER = MORE VALUABLE.
+
+    Example:
+        >>> import numpy as np
+        >>> from lightning_dv.values import DataValues
+        >>> class Constant:
+        ...     name = "constant"
+        ...     def fit(self, features, labels):
+        ...         return DataValues(np.ones(len(labels)), method=self.name)
+        >>> isinstance(Constant(), WholeSetMethod)
+        True
+    """
+
+    name: str
+
+    def fit(self, features: Tensor, labels: Tensor) -> DataValues: ...

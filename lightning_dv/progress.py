@@ -1,0 +1,60 @@
+"""One k/N progress bar for long valuation work (rank zero only, off with ``progress=False``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from tqdm.auto import tqdm
+
+#: ``progress(done, total, description)``: a user function called after every unit of work.
+ProgressFn = Callable[[int, int, str], None]
+
+
+class Progress:
+    """Report ``done / total`` units of work: a tqdm bar, a user function, or nothing.
+
+    Args:
+        progress: True (a tqdm bar on rank zero), False / None (silent) or a function
+            ``progress(done, total, description)``.
+        total: Units of work.
+        desc: Label of the bar.
+        delay: Seconds before the bar appears, so work shorter than that prints nothing.
+
+    Example:
+        >>> seen = []
+        >>> with Progress(lambda k, n, d: seen.append((k, n)), total=2, desc="demo") as p:
+        ...     p.update("a"); p.update("b")
+        >>> seen
+        [(1, 2), (2, 2)]
+    """
+
+    def __init__(self, progress: bool | ProgressFn | None, total: int, desc: str, delay: float = 0.0) -> None:
+        if progress is not None and not isinstance(progress, bool) and not callable(progress):
+            raise TypeError(
+                f"`progress` must be True, False or a function progress(done, total, description); "
+                f"got {type(progress).__name__}."
+            )
+        self.fn = progress if callable(progress) else None
+        self.total = total
+        self.done = 0
+        show = progress is True and getattr(rank_zero_only, "rank", 0) == 0
+        self.bar = tqdm(total=total, desc=desc, delay=delay, leave=False) if show else None
+
+    def update(self, description: str = "", n: int = 1) -> None:
+        """Mark ``n`` more units done."""
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+        if self.fn is not None:
+            self.fn(self.done, self.total, description)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
