@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.baselines import MethodUnavailable
-from benchmarks.registry import _import_project, quiet_lightning
+from benchmarks.registry import project_class, quiet_lightning
 from lightning_dv.io import atomic_write
 
 ROWS = (1_000, 10_000, 100_000, 1_000_000)
@@ -108,10 +108,10 @@ def objective_factories() -> dict[str, Callable[[np.ndarray, np.ndarray], object
     """``name -> factory(x_valid, y_valid)`` of the training-time objectives (imported lazily)."""
 
     def lossval(xv: np.ndarray, yv: np.ndarray):
-        return _import_project("lightning_dv.methods.lossval", "LossVal", "LossVal")(validation=(xv, yv))
+        return project_class("lossval")(validation=(xv, yv))
 
     def nddv(xv: np.ndarray, yv: np.ndarray):
-        return _import_project("lightning_dv.methods.nddv", "NDDV", "NDDV")()
+        return project_class("nddv")()
 
     return {"lossval": lossval, "nddv": nddv}
 
@@ -141,9 +141,8 @@ def time_fit(
     model = MLPClassifier(x.shape[1], int(y.max()) + 1, valuate=objective is not None)
     callbacks = []
     if objective is not None:
-        data_valuation = _import_project(
-            "lightning_dv.callbacks", "DataValuation", "the DataValuation callback"
-        )
+        from lightning_dv.callbacks import DataValuation as data_valuation
+
         callbacks.append(data_valuation(objective, record_trajectory=False))
     loader = indexed_loader(x, y, batch_size=batch_size, seed=seed)
     device = "cuda" if accelerator in ("gpu", "cuda") else "cpu"

@@ -7,7 +7,6 @@ dependency is not installed.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import warnings
 from collections.abc import Callable
@@ -73,19 +72,24 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
-def _import_project(module: str, attr: str, what: str):
-    """Import ``module.attr`` for a project method; a missing module or name makes it unavailable."""
+def project_class(name: str) -> type:
+    """The class of the project method ``name`` from :mod:`lightning_dv.methods.registry`.
+
+    A method not registered, or whose module is missing from this checkout, is unavailable; any
+    other failing import is a real error and surfaces.
+    """
     try:
-        mod = importlib.import_module(module)
+        from lightning_dv.methods import registry
+    except ModuleNotFoundError as err:  # an older checkout without the registry
+        raise MethodUnavailable(f"{name} is not in this checkout yet ({err.name} is missing).") from err
+    if name not in registry.METHODS:
+        raise MethodUnavailable(f"{name} is not registered in lightning_dv.methods.registry.")
+    try:
+        return registry.get(name).load()
     except ModuleNotFoundError as err:
-        # Only the method's own module (or the lightning_dv modules it builds on) being absent is
-        # "unavailable"; any other missing import is a real error and must surface.
         if err.name is None or not err.name.startswith("lightning_dv"):
             raise
-        raise MethodUnavailable(f"{what} is not in this checkout yet ({err.name} is missing).") from err
-    if not hasattr(mod, attr):
-        raise MethodUnavailable(f"{what} is not in this checkout yet ({module}.{attr} is missing).")
-    return getattr(mod, attr)
+        raise MethodUnavailable(f"{name} is not in this checkout yet ({err.name} is missing).") from err
 
 
 @contextmanager
@@ -118,8 +122,8 @@ def fit_with_objective(
     """
     import lightning as L
 
-    callback = _import_project("lightning_dv.callbacks", "DataValuation", "the DataValuation callback")
     from benchmarks.fitting import indexed_loader, quiet_trainer
+    from lightning_dv.callbacks import DataValuation as callback
     from lightning_dv.modules import MLPClassifier
 
     L.seed_everything(seed, verbose=False)
@@ -165,7 +169,7 @@ def _cleanlab(split: Split, seed: int) -> DataValues:
 # -- project methods ------------------------------------------------------------------------------
 @register("lossval", kind="project", description="LossVal, 30 epochs, MLP(64), Lightning fit")
 def _lossval(split: Split, seed: int) -> DataValues:
-    loss_val = _import_project("lightning_dv.methods.lossval", "LossVal", "LossVal")
+    loss_val = project_class("lossval")
     return fit_with_objective(
         split, seed, lambda: loss_val(validation=(split.x_valid, split.y_valid)), epochs=30
     )
@@ -181,7 +185,7 @@ NDDV_EPOCHS = 10
     "nddv", kind="project", description=f"NDDV objective (softplus weights), {NDDV_EPOCHS} epochs, MLP(64)"
 )
 def _nddv(split: Split, seed: int) -> DataValues:
-    nddv = _import_project("lightning_dv.methods.nddv", "NDDV", "NDDV")
+    nddv = project_class("nddv")
     return fit_with_objective(split, seed, lambda: nddv(seed=seed), epochs=NDDV_EPOCHS)
 
 
@@ -189,7 +193,7 @@ def _nddv(split: Split, seed: int) -> DataValues:
     "nddv_30ep", kind="project", description="NDDV objective, 30 epochs (LossVal's budget), for comparison"
 )
 def _nddv_30(split: Split, seed: int) -> DataValues:
-    nddv = _import_project("lightning_dv.methods.nddv", "NDDV", "NDDV")
+    nddv = project_class("nddv")
     return fit_with_objective(split, seed, lambda: nddv(seed=seed), epochs=30)
 
 
@@ -199,7 +203,7 @@ def _nddv_30(split: Split, seed: int) -> DataValues:
     description="NDDV, meta weight network on the CLEAN validation labels (an advantage no other method has)",
 )
 def _nddv_meta(split: Split, seed: int) -> DataValues:
-    nddv = _import_project("lightning_dv.methods.nddv", "NDDV", "NDDV")
+    nddv = project_class("nddv")
     if split.y_valid_clean is None:
         raise MethodUnavailable("nddv_meta needs the clean validation labels (Split.y_valid_clean).")
     meta = (split.x_valid, split.y_valid_clean)
@@ -216,20 +220,12 @@ def _aum(split: Split, seed: int) -> DataValues:
 
 @register("complexity_gap", kind="project", description="complexity-gap score (training-free, negated CG)")
 def _complexity_gap(split: Split, seed: int) -> DataValues:
-    fn = _import_project("lightning_dv.methods.complexity_gap", "complexity_gap", "complexity_gap")
-    try:
-        return fn(split.x_train, split.y_train, seed=seed)
-    except ValueError as err:
-        # Label noise can give identical rows (iris has some) different labels: their gap is
-        # infinite at ridge 0. Retry with the small ridge the function's own message recommends.
-        if "identical" not in str(err):
-            raise
-        values = fn(split.x_train, split.y_train, seed=seed, ridge=1e-3)
-        values.metadata["ridge_fallback"] = 1e-3
-        return values
+    method = project_class("complexity_gap")
+    # identical rows with conflicting labels are scored as the most suspicious; no ridge needed
+    return method(seed=seed, progress=False).fit(split.x_train, split.y_train)
 
 
 @register("ecoval", kind="project", description="EcoVal cluster-level valuation")
 def _ecoval(split: Split, seed: int) -> DataValues:
-    eco_val = _import_project("lightning_dv.methods.ecoval", "EcoVal", "EcoVal")
-    return eco_val(seed=seed).fit(split.x_train, split.y_train, split.x_valid, split.y_valid)
+    eco_val = project_class("ecoval")
+    return eco_val(seed=seed, progress=False).fit(split.x_train, split.y_train, split.x_valid, split.y_valid)

@@ -290,18 +290,19 @@ def test_overhead_benchmark_measures_plain_and_objective_fits():
     assert pm.peak_bytes is None or pm.peak_bytes > 100 * 2**20
 
 
-def test_complexity_gap_adapter_falls_back_to_a_ridge_on_conflicting_duplicates():
+def test_complexity_gap_adapter_scores_conflicting_duplicates_most_suspicious():
     from lightning_dv.datasets import Split
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, 3)).astype(np.float32)
     y = (x[:, 0] > 0).astype(np.int64)
     x[1] = x[0]
-    y[1] = 1 - y[0]  # identical features, different labels: infinite gap without a ridge
+    y[1] = 1 - y[0]  # identical features, different labels: scored the most suspicious, no ridge
     split = Split(x, y, x[:5], y[:5], x[:5], y[:5], noisy=np.array([1]), num_classes=2)
     try:
         dv = METHODS["complexity_gap"].fn(split, 0)
     except MethodUnavailable as err:
         pytest.skip(str(err))
-    assert dv.metadata["ridge_fallback"] == 1e-3
-    assert np.isfinite(align_values(dv, 40, "complexity_gap")).all()
+    assert dv.metadata["ridge"] == 0.0 and dv.metadata["conflicting_rows"] == 2
+    values = align_values(dv, 40, "complexity_gap")
+    assert np.isfinite(values).all() and set(np.argsort(values)[:2]) == {0, 1}

@@ -408,7 +408,9 @@ def test_callback_under_ddp_gathers_every_shard(tmp_path):
     """Two CPU ranks (gloo), each sees half the rows: both must hold the full-set scores."""
     script = tmp_path / "ddp_cg.py"
     script.write_text(DDP_SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # the child must import this checkout (the editable install's finder may point at another one)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": root}
     proc = subprocess.run(
         [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=240, env=env
     )

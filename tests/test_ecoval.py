@@ -264,27 +264,27 @@ class TinyMLP(pl.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=0.05)
 
 
-def test_lightning_module_utility_model():
+def test_lightning_module_utility_model(capfd, caplog):
+    import logging
+
     x, y, xv, yv = blobs(0, n=30, group=0)
-    eco = EcoVal(n_clusters=4, utility_model=TinyMLP, n_subsets=2, trainer_kwargs={"max_epochs": 5})
-    dv = eco.fit(x, y, xv, yv)
-    assert dv.metadata["n_trainings"] == 2 and dv.metadata["utility_model"] == "lightning"
+    eco = EcoVal(n_clusters=4, utility_model=TinyMLP, n_subsets=3, trainer_kwargs={"max_epochs": 5})
+    capfd.readouterr()
+    with caplog.at_level(logging.INFO):  # Lightning's banners are INFO records of its loggers
+        dv = eco.fit(x, y, xv, yv)
+    out = "".join(capfd.readouterr()) + caplog.text
+    assert dv.metadata["n_trainings"] == 3 and dv.metadata["utility_model"] == "lightning"
     assert dv.metadata["utility_full"] > 0.8  # the MLP really trained: two separated classes
     assert np.isfinite(dv.values).all()
+    # no Lightning banners from the nested fits, one k/N bar instead
+    for banner in ("GPU available", "TPU available", "HPU available", "max_epochs=", "LOCAL_RANK"):
+        assert banner not in out
+    assert "EcoVal trainings" in out and "3/3" in out
+    EcoVal(n_clusters=4, utility_model=TinyMLP, n_subsets=2, progress=False).fit(x, y, xv, yv)
+    assert "EcoVal trainings" not in "".join(capfd.readouterr())
 
 
 # -- logging, export, callback -------------------------------------------------------------------
-def _read_events(log_dir):
-    from tensorboard.backend.event_processing.event_accumulator import (
-        STORE_EVERYTHING_SIZE_GUIDANCE,
-        EventAccumulator,
-    )
-
-    acc = EventAccumulator(str(log_dir), size_guidance=STORE_EVERYTHING_SIZE_GUIDANCE)
-    acc.Reload()
-    return acc
-
-
 def test_callback_values_training_rows_at_train_start(tmp_path):
     x, y, xv, yv = blobs(0, n=40, group=10)
     loader = DataLoader(
