@@ -9,7 +9,15 @@ from collections.abc import Sequence
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lightning-dv`` command."""
-    parser = argparse.ArgumentParser(prog="lightning-dv", description="Data valuation for PyTorch Lightning.")
+    from lightning_dv.methods import registry
+
+    methods = "\n".join(f"  {s.name:<16}{s.kind:<11}{s.description}" for s in registry.METHODS.values())
+    parser = argparse.ArgumentParser(
+        prog="lightning-dv",
+        description="Data valuation for PyTorch Lightning.",
+        epilog=f"registered methods (name, kind, description):\n{methods}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser(
         "demo", help="LossVal on digits with 10%% injected label noise (about a minute on CPU)"

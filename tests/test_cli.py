@@ -42,3 +42,13 @@ def test_bench_lists_methods(capsys):
     out = capsys.readouterr().out
     for name in ("lossval", "nddv", "complexity_gap", "ecoval", "data_oob", "knn_shapley"):
         assert name in out
+
+
+def test_help_names_every_registered_method(capsys):
+    from lightning_dv.methods import registry
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for spec in registry.METHODS.values():
+        assert spec.name in out and spec.description in out

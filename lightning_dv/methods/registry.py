@@ -87,9 +87,17 @@ def describe(kind: str) -> str:
 
 
 register(
-    "lossval", "lightning_dv.methods.lossval:LossVal", "objective", "LossVal: loss weighted by per-row values"
+    "lossval",
+    "lightning_dv.methods.lossval:LossVal",
+    "objective",
+    "LossVal: per-row loss weights learnt against an OT distance to validation data",
 )
-register("nddv", "lightning_dv.methods.nddv:NDDV", "objective", "NDDV: neural dynamic data valuation")
+register(
+    "nddv",
+    "lightning_dv.methods.nddv:NDDV",
+    "objective",
+    "NDDV: neural dynamic data valuation, per-row weights from training dynamics",
+)
 register(
     "complexity_gap",
     "lightning_dv.methods.complexity_gap:ComplexityGap",
