@@ -13,6 +13,8 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
+from lightning_dv._validation import check_choice
+
 KINDS = ("objective", "whole_set")
 
 
@@ -54,8 +56,7 @@ def register(name: str, target: str, kind: str, description: str) -> MethodSpec:
         'LossVal'
         >>> _ = METHODS.pop("demo_method")
     """
-    if kind not in KINDS:
-        raise ValueError(f"`kind={kind!r}` is not supported; use one of {', '.join(KINDS)}.")
+    check_choice("kind", kind, KINDS)
     if name in METHODS:
         raise ValueError(f"a method named {name!r} is already registered ({METHODS[name].target}).")
     if ":" not in target:

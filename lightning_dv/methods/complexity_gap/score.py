@@ -11,10 +11,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lightning_dv._validation import check_choice
 from lightning_dv.methods.complexity_gap.duplicates import Duplicates, normalise, resolve_duplicates
 from lightning_dv.methods.complexity_gap.kernel import NotPositiveDefiniteError, cg_scores
 from lightning_dv.methods.complexity_gap.memory import available_memory, memory_message, problem_memory_bytes
-from lightning_dv.methods.complexity_gap.problems import CGProblem, _encode_labels, _item, plan_problems
+from lightning_dv.methods.complexity_gap.problems import (
+    MODES,
+    CGProblem,
+    _encode_labels,
+    _item,
+    plan_problems,
+)
 from lightning_dv.progress import Progress, ProgressFn
 from lightning_dv.values import DataValues
 
@@ -252,10 +259,7 @@ class ComplexityGap:
         device: torch.device | str | None = None,
         progress: bool | ProgressFn | None = True,
     ) -> None:
-        from lightning_dv.methods.complexity_gap.problems import MODES
-
-        if mode not in MODES:
-            raise ValueError(f"`mode={mode!r}` is not supported; use 'ovr' or 'binary'.")
+        check_choice("mode", mode, MODES)
         self.options: dict[str, Any] = dict(
             mode=mode,
             ratio=ratio,
