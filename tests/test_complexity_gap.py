@@ -284,6 +284,20 @@ def test_progress_is_reported_per_problem():
     assert "class 0, rep 0" in calls[0][2]
 
 
+def test_progress_bar_counts_problems_and_is_switched_off_by_progress_false(capfd, monkeypatch):
+    from lightning_dv.methods.complexity_gap import score
+
+    x, y = data(n=30, classes=3)
+    capfd.readouterr()
+    complexity_gap(x, y, rep=2)  # a fast run: the bar waits PROGRESS_DELAY_S and never shows
+    assert "complexity gap" not in capfd.readouterr().err
+    monkeypatch.setattr(score, "PROGRESS_DELAY_S", 0.0)  # as if every problem were slow
+    complexity_gap(x, y, rep=2)
+    assert "complexity gap" in (err := capfd.readouterr().err) and "6/6" in err
+    complexity_gap(x, y, rep=2, progress=False)
+    assert capfd.readouterr().err == ""
+
+
 # -- the callback in a real fit ------------------------------------------------------------------
 class TinyModel(L.LightningModule):
     def __init__(self, d: int, classes: int) -> None:

@@ -27,6 +27,9 @@ from lightning_dv.values import DataValues
 
 log = logging.getLogger("lightning_dv.methods.complexity_gap")
 
+#: Seconds of work before the progress bar appears: short runs print nothing.
+PROGRESS_DELAY_S = 2.0
+
 
 def complexity_gap(
     features: Tensor | np.ndarray,
@@ -198,7 +201,7 @@ def _solve(
     n = xn.shape[0]
     total = torch.zeros(n, dtype=torch.float64)
     count = torch.zeros(n, dtype=torch.float64)
-    with Progress(progress, len(problems), "complexity gap", delay=2.0) as bar:
+    with Progress(progress, len(problems), "complexity gap", delay=PROGRESS_DELAY_S) as bar:
         for k, p in enumerate(problems):
             t0 = time.perf_counter()
             try:
