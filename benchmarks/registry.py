@@ -8,14 +8,13 @@ dependency is not installed.
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 from benchmarks import baselines
 from benchmarks.baselines import MethodUnavailable
 from lightning_dv.datasets import Split
+from lightning_dv.progress import quiet_lightning as _quiet_lightning
 from lightning_dv.values import DataValues
 
 MethodFn = Callable[[Split, int], DataValues]
@@ -92,22 +91,10 @@ def project_class(name: str) -> type:
         raise MethodUnavailable(f"{name} is not in this checkout yet ({err.name} is missing).") from err
 
 
-@contextmanager
 def quiet_lightning():
     """Silence Lightning's per-fit banners and data-loader hints while a benchmark fit runs."""
-    logger = logging.getLogger("lightning.pytorch")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=".*number of training batches.*")
-            warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
-            warnings.filterwarnings("ignore", message=".*OT term is noisy.*")  # tiny proportional splits
-            warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # torch/lightning version chatter
-            yield
-    finally:
-        logger.setLevel(level)
+    # the tiny proportional splits make LossVal's OT term noisy; torch/lightning version chatter
+    return _quiet_lightning(".*OT term is noisy.*", ".*LeafSpec.*", level=logging.ERROR)
 
 
 def fit_with_objective(

@@ -1,8 +1,11 @@
-"""One k/N progress bar for long valuation work (rank zero only, off with ``progress=False``)."""
+"""Progress and quiet: one k/N bar for long valuation work, and silence for nested Lightning fits."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from tqdm.auto import tqdm
@@ -58,3 +61,37 @@ class Progress:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+#: Lightning's chatter around a nested fit that tells the user nothing about their own run.
+QUIET_WARNINGS = (
+    ".*does not have many workers.*",
+    ".*number of training batches.*",
+    ".*GPU available but not used.*",
+)
+
+
+@contextmanager
+def quiet_lightning(*messages: str, level: int = logging.WARNING) -> Iterator[None]:
+    """Silence Lightning's per-fit banners, summaries and data-loader hints for nested fits.
+
+    Lightning's loggers are raised to ``level`` and the warnings matching :data:`QUIET_WARNINGS`
+    (plus the regular expressions in ``messages``) are ignored, until the block ends.
+
+    Example:
+        >>> with quiet_lightning():
+        ...     logging.getLogger("lightning.pytorch").isEnabledFor(logging.INFO)
+        False
+    """
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(level)
+    try:
+        with warnings.catch_warnings():
+            for message in (*QUIET_WARNINGS, *messages):
+                warnings.filterwarnings("ignore", message=message)
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
