@@ -42,7 +42,7 @@ class Progress:
         self.total = total
         self.done = 0
         show = progress is True and getattr(rank_zero_only, "rank", 0) == 0
-        self.bar = tqdm(total=total, desc=desc, delay=delay, leave=False) if show else None
+        self.bar = tqdm(total=total, desc=desc, delay=delay) if show else None
 
     def update(self, description: str = "", n: int = 1) -> None:
         """Mark ``n`` more units done."""
