@@ -201,7 +201,7 @@ def _nddv_meta(split: Split, seed: int) -> DataValues:
 
 @register("aum", kind="project", description="AUM (area under the margin), 30 epochs, MLP(64), Lightning fit")
 def _aum(split: Split, seed: int) -> DataValues:
-    aum = _import_project("lightning_dv.methods.aum", "AUM", "AUM")
+    aum = project_class("aum")
     return fit_with_objective(split, seed, aum, epochs=30)
 
 

@@ -185,7 +185,13 @@ def test_registry_resolves_every_method_and_feeds_the_benchmark():
     for name in registry.names():
         spec = registry.get(name)
         assert spec.load().__name__ == spec.class_name
-    for name in ("lossval", "nddv", "complexity_gap", "ecoval"):  # the benchmark runs them by registry name
+    for name in (
+        "lossval",
+        "nddv",
+        "aum",
+        "complexity_gap",
+        "ecoval",
+    ):  # the benchmark runs them by registry name
         assert BENCH[name].kind == "project" and name in registry.names()
     assert set(registry.names()) == set(registry.names("objective")) | set(registry.names("whole_set"))
     with pytest.raises(ValueError, match="registered methods: lossval, nddv"):

@@ -5,4 +5,12 @@ from lightning_dv.methods.base import ValuationObjective, ValuationState, Valuat
 from lightning_dv.methods.lossval import LossVal
 from lightning_dv.methods.nddv import NDDV
 
-__all__ = ["AUM", "LossVal", "NDDV", "ValuationObjective", "ValuationState", "ValuationStep", "WholeSetMethod"]
+__all__ = [
+    "AUM",
+    "LossVal",
+    "NDDV",
+    "ValuationObjective",
+    "ValuationState",
+    "ValuationStep",
+    "WholeSetMethod",
+]

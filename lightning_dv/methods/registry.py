@@ -99,6 +99,7 @@ register(
     "objective",
     "NDDV: neural dynamic data valuation, per-row weights from training dynamics",
 )
+register("aum", "lightning_dv.methods.aum:AUM", "objective", "AUM: area under the margin over training")
 register(
     "complexity_gap",
     "lightning_dv.methods.complexity_gap:ComplexityGap",
