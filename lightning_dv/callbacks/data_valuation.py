@@ -11,9 +11,20 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor, nn
 from typing_extensions import override
 
+from lightning_dv.callbacks.guards import (
+    NO_CALL_MESSAGE,
+    VisitCounter,
+    check_finite_values,
+    check_loss_has_grad,
+    check_step_arguments,
+    check_step_values,
+    never_seen_message,
+)
 from lightning_dv.callbacks.reporting import as_noisy_mask, export_values, log_trajectory_figure, log_values
 from lightning_dv.data import IndexedDataset
 from lightning_dv.io import check_export_path, check_export_suffix
@@ -92,6 +103,7 @@ class DataValuation(Callback):
         self.objective = objective
         self.export_path = export_path
         self.num_samples = num_samples
+        self._user_num_samples = num_samples
         self.known_noisy = known_noisy
         self.log_every_n_epochs = log_every_n_epochs
         self.record_trajectory = record_trajectory
@@ -106,6 +118,9 @@ class DataValuation(Callback):
         self._values: DataValues | None = None
         self._fit_seconds = 0.0
         self._needs_checked = False
+        self._visits: VisitCounter | None = None
+        self._attached: nn.Module | None = None  # the state of the model this callback last trained
+        self._continuing = False
 
     # -- attach --------------------------------------------------------------------------------
     @property
@@ -125,10 +140,23 @@ class DataValuation(Callback):
             raise ValueError(
                 "only one DataValuation callback per Trainer is supported; remove the extra ones."
             )
+        if stage == "fit" and not callable(getattr(pl_module, "valuation_loss", None)):
+            raise TypeError(
+                f"{type(pl_module).__name__} has no `valuation_loss`: add `DataValuationMixin` before "
+                "`LightningModule` in its bases and return `self.valuation_loss(...)` from `training_step`."
+            )
+        existing = getattr(pl_module, STATE_ATTR, None)
+        if stage == "fit":
+            # A new model starts a new run: nothing of an earlier fit may reach its export. Fitting
+            # the same model again continues it (trajectory, visits, the weights' optimizer state).
+            self._continuing = existing is not None and existing is self._attached
+            if not self._continuing:
+                self._reset_run()
         n = self._resolve_num_samples(trainer, stage)
         if n is None:
             return  # evaluation without a known training set size: nothing to attach
-        existing = getattr(pl_module, STATE_ATTR, None)
+        if stage == "fit" and self.export_path is not None and trainer.is_global_zero:
+            check_export_path(self.export_path)  # before training, on every fit
         if existing is not None:
             if self._state_size(existing) != n:
                 raise ValueError(
@@ -136,6 +164,8 @@ class DataValuation(Callback):
                     f"{self._state_size(existing)} rows from an earlier fit: the dataset size changed between "
                     "fits. Use the same dataset, or a fresh model and DataValuation callback."
                 )
+            if stage == "fit":
+                self._attached = existing
             return
         state = self.objective.build(n)
         if not isinstance(state, ValuationState):
@@ -144,8 +174,19 @@ class DataValuation(Callback):
                 "`lightning_dv.methods.base.ValuationState` (subclass it and call `super().__init__(num_rows)`)."
             )
         pl_module.add_module(STATE_ATTR, state)
-        if stage == "fit" and self.export_path is not None and trainer.is_global_zero:
-            check_export_path(self.export_path)
+        if stage == "fit":
+            self._attached = state
+
+    def _reset_run(self) -> None:
+        self.num_samples = self._user_num_samples
+        self.ids = None
+        self.optimizer = None
+        self.optimizer_steps = 0
+        self._trajectory = []
+        self._visits = None
+        self._stashed = None
+        self._values = None
+        self._fit_seconds = 0.0
 
     @staticmethod
     def _state_size(state: nn.Module) -> int:
@@ -161,6 +202,11 @@ class DataValuation(Callback):
                 dataset = getattr(loader, "dataset", None)
             if dataset is not None and hasattr(dataset, "__len__"):
                 n = len(dataset)
+                if n == 0:
+                    raise ValueError(
+                        "the training dataset is empty (0 rows): there is nothing to value. Check the dataset "
+                        "passed to `trainer.fit` (a filter or split that removed every row?)."
+                    )
                 if isinstance(dataset, IndexedDataset) and dataset.ids is not None:
                     self.ids = np.asarray(dataset.ids)
             if self.num_samples is not None and n is not None and n != self.num_samples:
@@ -200,9 +246,15 @@ class DataValuation(Callback):
                             opt.state.pop(p, None)
                     group["params"] = kept
         params = [p for p in state.parameters() if p.requires_grad]
-        self.optimizer = self.objective.configure_optimizer(params) if params else None
+        if not (self._continuing and self.optimizer is not None):  # a continued fit keeps the Adam moments
+            self.optimizer = self.objective.configure_optimizer(params) if params else None
         self.objective.on_fit_start(trainer, pl_module, state)
         self._noisy_mask = as_noisy_mask(self.known_noisy, self.num_samples)
+        if self._visits is None or self._visits.synced.numel() != self.num_samples:
+            self._visits = VisitCounter(self.num_samples, pl_module.device)
+        else:
+            self._visits.synced = self._visits.synced.to(pl_module.device)
+            self._visits.local = self._visits.local.to(pl_module.device)
         if self._stashed is not None:
             self._apply_state(self._stashed)
             self._stashed = None
@@ -238,15 +290,30 @@ class DataValuation(Callback):
         outputs: Tensor | None = None,
         targets: Tensor | None = None,
     ) -> Tensor:
-        """Validate one step's arguments and apply the objective (called by the mixin)."""
+        """Validate one step's arguments and apply the objective (called by the mixin).
+
+        Outside the training loop (``validation_step``, test, predict, sanity check: the shared-step
+        pattern) it returns the plain mean loss and touches no state.
+        """
+        trainer = getattr(pl_module, "_trainer", None)
+        if trainer is None or not trainer.training:
+            return torch.as_tensor(per_sample_loss).mean()
         state = self._state(pl_module)
-        idx = self._check_idx(idx, per_sample_loss)
-        if self.check_inputs:
-            self._check_values(per_sample_loss, idx)
-        step = ValuationStep(per_sample_loss, idx, inputs, outputs, targets, pl_module)
+        idx = check_step_arguments(per_sample_loss, idx)
+        check_loss_has_grad(per_sample_loss, pl_module, state)
+        n = self.num_samples
+        # Out-of-range rows are reported by check_step_values after the single host sync; the
+        # objective sees them clamped so it cannot fail first with an indexing error.
+        safe = idx.clamp(0, n - 1) if self.check_inputs else idx
+        step = ValuationStep(per_sample_loss, safe, inputs, outputs, targets, pl_module)
         if not self._needs_checked:
             self._check_needs(step)
-        return self.objective.loss(state, step)
+        loss = self.objective.loss(state, step)
+        if self.check_inputs:
+            check_step_values(per_sample_loss, idx, n, loss, inputs, outputs)
+        if self._visits is not None:
+            self._visits.add(idx)
+        return loss
 
     def _check_needs(self, step: ValuationStep) -> None:
         missing = [f for f in STEP_FIELDS if f in self.objective.needs and getattr(step, f) is None]
@@ -259,50 +326,11 @@ class DataValuation(Callback):
             )
         self._needs_checked = True
 
-    def _check_idx(self, idx: Any, per_sample_loss: Any) -> Tensor:
-        if not isinstance(per_sample_loss, Tensor):
-            raise TypeError(f"`per_sample_loss` must be a tensor; got {type(per_sample_loss).__name__}.")
-        if idx is None or not isinstance(idx, Tensor) or idx.is_floating_point() or idx.ndim != 1:
-            what = "None" if idx is None else f"{type(idx).__name__} {tuple(getattr(idx, 'shape', ()))}"
-            raise ValueError(
-                f"`idx` must be a 1-D integer tensor of dataset row indices; got {what}. Wrap the training "
-                "dataset in `lightning_dv.IndexedDataset` and unpack the batch as `idx, x, y = batch`."
-            )
-        if per_sample_loss.ndim == 0:
-            raise ValueError(
-                "`per_sample_loss` is a scalar: it was already reduced. Compute the loss with "
-                "`reduction='none'` so there is one entry per sample."
-            )
-        if per_sample_loss.ndim != 1 or per_sample_loss.shape[0] != idx.shape[0]:
-            raise ValueError(
-                f"`per_sample_loss` has shape {tuple(per_sample_loss.shape)} but the batch has {idx.shape[0]} "
-                "rows: pass one loss per sample, shape (batch,) (reduce any other dimensions first, e.g. "
-                "`.mean(dim=1)` for per-pixel or per-output losses)."
-            )
-        return idx.to(per_sample_loss.device).long()
-
-    def _check_values(self, per_sample_loss: Tensor, idx: Tensor) -> None:
-        n = self.num_samples
-        bad = ~torch.isfinite(per_sample_loss.detach())
-        # one host sync per step for all three checks
-        lo, hi, any_bad = torch.stack([idx.min(), idx.max(), bad.any().long()]).tolist()
-        if lo < 0 or hi >= n:
-            raise IndexError(
-                f"row index {hi if hi >= n else lo} is outside the training set of {n} rows: `idx` must be "
-                "the dataset row (0..N-1) as yielded by `IndexedDataset`, and the dataset must not change size."
-            )
-        if any_bad:
-            rows = idx[bad].tolist()
-            shown = ", ".join(map(str, rows[:20])) + (" ..." if len(rows) > 20 else "")
-            raise FloatingPointError(
-                f"the per-sample loss is NaN or infinite for {len(rows)} row(s): {shown}. Check those rows' "
-                "inputs and labels (or lower the learning rate)."
-            )
-
     # -- epoch end: sync, record, log ------------------------------------------------------------
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         state = self._state(pl_module)
+        self._check_something_valued()
         self.objective.on_train_epoch_end(trainer, pl_module, state)
         values = self.objective.values(state).detach().float().cpu()
         if self.record_trajectory:
@@ -314,6 +342,10 @@ class DataValuation(Callback):
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._fit_seconds = time.perf_counter() - getattr(self, "_fit_started", time.perf_counter())
+        self._check_something_valued()
+        message = never_seen_message(self._visits.total())
+        if message is not None:
+            rank_zero_warn(f"DataValuation: {message}")
         values = self._build_values(pl_module)
         self._values = values
         if trainer.is_global_zero:
@@ -321,10 +353,40 @@ class DataValuation(Callback):
         if self.export_path is not None:
             export_values(trainer, values, self.export_path)
 
-    def _build_values(self, pl_module: pl.LightningModule) -> DataValues:
+    def _check_something_valued(self) -> None:
+        """Sum the visits over ranks (collective) and fail when no training step valued any row."""
+        self._visits.sync()
+        if int(self._visits.synced.sum()) == 0:
+            raise RuntimeError(f"DataValuation: {NO_CALL_MESSAGE}")
+
+    @override
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        # Ctrl+C (KeyboardInterrupt) or SIGTERM (a scheduler's preemption): keep the values reached
+        # so far, marked partial. No collectives here: the other ranks may already be gone.
+        if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)) or self.export_path is None:
+            return
+        if getattr(pl_module, STATE_ATTR, None) is None or self._visits is None or trainer.state.fn != "fit":
+            return
+        try:
+            values = self._build_values(pl_module, partial=type(exception).__name__)
+            self._values = values
+            export_values(trainer, values, self.export_path)
+            rank_zero_warn(
+                f"DataValuation: fit interrupted ({type(exception).__name__}); wrote the values reached so far "
+                f"to {self.export_path}, marked partial in the metadata."
+            )
+        except Exception as err:  # never hide the interrupt behind an export error
+            rank_zero_warn(f"DataValuation: fit interrupted; could not export the partial values: {err}")
+
+    def _build_values(self, pl_module: pl.LightningModule, partial: str | None = None) -> DataValues:
         state = self._state(pl_module)
         values = self.objective.values(state).detach().double().cpu()
+        check_finite_values(values, f"the {self.objective.name} values")
         extra = {k: v.detach().cpu() for k, v in self.objective.extra_columns(state).items()}
+        if self._visits is not None:
+            extra["visits"] = self._visits.total().cpu()
         traj = torch.stack(self._trajectory) if self.record_trajectory and self._trajectory else None
         return DataValues(
             values=values,
@@ -336,6 +398,8 @@ class DataValuation(Callback):
                 "epochs": len(self._trajectory),
                 "optimizer_steps": self.optimizer_steps,
                 "fit_seconds": self._fit_seconds,
+                "partial": partial is not None,
+                **({"interrupted_by": partial} if partial is not None else {}),
             },
         )
 
@@ -355,6 +419,7 @@ class DataValuation(Callback):
             "optimizer_steps": self.optimizer_steps,
             "trajectory": torch.stack(self._trajectory) if self._trajectory else None,
             "objective": self.objective.state_dict(),
+            "visits": None if self._visits is None else self._visits.state_dict(),
         }
 
     @override
@@ -377,3 +442,5 @@ class DataValuation(Callback):
         traj = sd.get("trajectory")
         self._trajectory = [] if traj is None else [t.clone() for t in traj]
         self.objective.load_state_dict(sd.get("objective", {}))
+        if sd.get("visits") is not None and self._visits is not None:
+            self._visits.load_state_dict(sd["visits"])
