@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
+import torch
+
 
 def check_choice(name: str, value: Any, options: Collection[Any]) -> None:
     """Raise a ValueError naming the argument when ``value`` is not one of ``options``.
@@ -18,3 +20,51 @@ def check_choice(name: str, value: Any, options: Collection[Any]) -> None:
     """
     if value not in options:
         raise ValueError(f"`{name}={value!r}` is not supported; use one of {options}.")
+
+
+def check_finite_rows(x: torch.Tensor, what: str, fix: str = "drop or impute those rows") -> None:
+    """Raise a ValueError naming the rows of ``x`` (first dimension) that hold NaN or infinity.
+
+    Example:
+        >>> check_finite_rows(torch.tensor([[0.0, 1.0], [float("nan"), 2.0]]), "`validation`")
+        Traceback (most recent call last):
+        ...
+        ValueError: `validation` holds NaN or infinite values in 1 row(s): 1; drop or impute those rows.
+    """
+    if not x.is_floating_point() or x.numel() == 0:
+        return
+    bad = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
+    if bool(bad.any()):
+        rows = torch.nonzero(bad).reshape(-1).tolist()
+        shown = ", ".join(map(str, rows[:20])) + (" ..." if len(rows) > 20 else "")
+        raise ValueError(f"{what} holds NaN or infinite values in {len(rows)} row(s): {shown}; {fix}.")
+
+
+def check_validation_container(validation: Any, argument: str = "validation") -> None:
+    """Refuse the ambiguous shapes of a ``(x_val, y_val)`` argument: empty, or more than two parts.
+
+    Example:
+        >>> check_validation_container([])
+        Traceback (most recent call last):
+        ...
+        ValueError: `validation` is empty: pass the validation inputs `x_val` (at least one row) or a pair (x_val, y_val).
+    """
+    if isinstance(validation, (tuple, list)) and len(validation) == 0:
+        raise ValueError(
+            f"`{argument}` is empty: pass the validation inputs `x_val` (at least one row) or a pair (x_val, y_val)."
+        )
+    if isinstance(validation, tuple) and len(validation) > 2:
+        raise ValueError(
+            f"`{argument}` is a tuple of {len(validation)} parts; pass the inputs `x_val` or a pair "
+            "(x_val, y_val), without extra parts."
+        )
+    if (
+        isinstance(validation, tuple)
+        and len(validation) == 2
+        and all(hasattr(v, "__len__") for v in validation)
+    ):
+        if len(validation[0]) != len(validation[1]):
+            raise ValueError(
+                f"`{argument}=(x_val, y_val)` has {len(validation[0])} inputs but {len(validation[1])} labels; "
+                "give one label per validation row."
+            )

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -62,11 +64,85 @@ def check_export_path(path: str | os.PathLike, argument: str = "export_path") ->
     return p
 
 
+def _file_mode(final: Path) -> int:
+    """The permission bits an ordinary ``open(path, "w")`` would give: the existing file's, else the umask's."""
+    try:
+        return final.stat().st_mode & 0o7777
+    except OSError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
+
+
+def _temp_prefix(final: Path) -> str:
+    return f".{final.name}.dvtmp-"
+
+
+def remove_stale_temporaries(final: str | os.PathLike, max_age_s: float = 3600.0) -> list[Path]:
+    """Delete temporary files that an interrupted export to ``final`` left behind (SIGKILL, power loss).
+
+    A temporary file is named ``.<name>.dvtmp-<host>-<pid>-<random>.tmp<suffix>``. It is stale when
+    the process that wrote it on this host is gone, or when it is older than ``max_age_s`` (written
+    by another host). A live export's file is never touched.
+
+    Returns:
+        The removed paths.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (d / ".v.csv.dvtmp-nohost-1-x.tmp.csv").write_text("half")
+        >>> import os; _ = os.utime(d / ".v.csv.dvtmp-nohost-1-x.tmp.csv", (0, 0))
+        >>> [p.name for p in remove_stale_temporaries(d / "v.csv")]
+        ['.v.csv.dvtmp-nohost-1-x.tmp.csv']
+    """
+    final = Path(final)
+    prefix = _temp_prefix(final)
+    host = socket.gethostname().replace("-", "_")
+    removed = []
+    try:
+        candidates = [p for p in final.parent.iterdir() if p.name.startswith(prefix)]
+    except OSError:
+        return removed
+    for tmp in candidates:
+        parts = tmp.name[len(prefix) :].split("-")
+        stale = False
+        if len(parts) >= 3 and parts[0] == host and parts[1].isdigit():
+            stale = not _pid_alive(int(parts[1]))
+        if not stale:
+            try:
+                stale = time.time() - tmp.stat().st_mtime > max_age_s
+            except OSError:
+                continue
+        if stale:
+            try:
+                tmp.unlink()
+                removed.append(tmp)
+            except OSError:
+                pass
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)`` and move the result onto ``path`` only if it succeeded.
 
     The temporary file lives in the destination folder so the final ``os.replace`` is atomic on
-    POSIX file systems: readers see either the old file or the complete new one.
+    POSIX file systems: readers see either the old file or the complete new one. The result gets
+    the permissions a plain write would give (the replaced file's, else the umask's), and
+    temporaries left by an earlier export that was killed are removed first
+    (:func:`remove_stale_temporaries`).
 
     Args:
         path: Final destination.
@@ -84,10 +160,15 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{final.suffix}", dir=final.parent)
+    remove_stale_temporaries(final)
+    host = socket.gethostname().replace("-", "_")
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f"{_temp_prefix(final)}{host}-{os.getpid()}-", suffix=f".tmp{final.suffix}", dir=final.parent
+    )
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        os.chmod(tmp, _file_mode(final))  # mkstemp creates 0600
         write(tmp)
         os.replace(tmp, final)
     except BaseException:

@@ -154,6 +154,8 @@ def _prepare(features: Any, labels: Any, device: Any) -> tuple[Tensor, Tensor, n
     if x.ndim < 2:
         raise ValueError(f"`features` must have shape (N, d) or (N, ...); got shape {tuple(x.shape)}.")
     n = x.shape[0]
+    if n == 0:
+        raise ValueError("`features` has no rows: complexity_gap needs at least two labelled rows to score.")
     codes, classes = _encode_labels(labels)
     if len(codes) != n:
         raise ValueError(

@@ -181,6 +181,8 @@ class EcoVal:
     # -- inputs ---------------------------------------------------------------------------------
     def _embed(self, x: Any, name: str) -> Tensor:
         t = _as_tensor(x)
+        if t.ndim >= 1 and t.shape[0] == 0:
+            raise ValueError(f"`{name}` has no rows: pass at least one point to value.")
         if self.features is not None:
             with torch.no_grad():
                 t = _as_tensor(self.features(t.float()))

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_dv._validation import check_choice
+from lightning_dv._validation import check_choice, check_finite_rows, check_validation_container
 from lightning_dv.distributed import all_reduce_max
 from lightning_dv.methods.base import ValuationObjective, ValuationState, ValuationStep
 from lightning_dv.methods.lossval.ot import CachedSinkhornDivergence, bounding_diameter
@@ -236,6 +236,7 @@ class LossVal(ValuationObjective):
 
 def _validation_inputs(validation: Any) -> Tensor:
     """Normalise the ``validation=`` argument to a tensor of inputs."""
+    check_validation_container(validation)
     if isinstance(validation, (tuple, list)) and len(validation) in (1, 2) and not np.isscalar(validation[0]):
         validation = validation[0]
     if isinstance(validation, np.ndarray):
@@ -265,4 +266,5 @@ def _validation_inputs(validation: Any) -> Tensor:
         )
     if validation.is_floating_point():
         validation = validation.float()
+    check_finite_rows(validation, "`validation` (LossVal's validation inputs)", "drop or impute those rows")
     return validation

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from lightning_dv._validation import check_finite_rows
 from lightning_dv.distributed import all_reduce_sum, is_distributed
 from lightning_dv.methods.base import ValuationStep
 
@@ -114,6 +115,15 @@ class MetaWeighting:
                 "not defined: implement `forward(x)` to return the outputs that the training step passes as "
                 "`outputs=`."
             ) from err
+        except RuntimeError as err:
+            raise ValueError(
+                f"NDDV's meta set does not fit the model: `{type(module).__name__}.forward` failed on the meta "
+                f"inputs of shape {tuple(x_meta.shape)} ({err}). Pass `meta=(x_meta, y_meta)` with inputs shaped "
+                "like the training inputs."
+            ) from err
+        if not getattr(self, "_meta_labels_checked", False):  # once: the meta set is fixed
+            check_meta_labels(out, self.meta[1])
+            self._meta_labels_checked = True
         meta_loss = self.meta_loss(out, y_meta)
         g_phi = torch.autograd.grad(meta_loss, phi, retain_graph=True, allow_unused=True)
         grads_phi = [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(phi, g_phi)]
@@ -167,4 +177,19 @@ def meta_tensors(meta: Any) -> tuple[Tensor, Tensor]:
             "`meta` labels are floating point, which looks like regression: NDDV values classification rows. "
             "Pass integer class labels (cast binary 0/1 labels with `.long()`)."
         )
+    check_finite_rows(x, "`meta` (NDDV's meta set) inputs", "drop or impute those rows of the meta set")
+    check_finite_rows(y, "`meta` (NDDV's meta set) labels", "drop those rows of the meta set")
     return (x.float() if x.is_floating_point() else x), y
+
+
+def check_meta_labels(outputs: Tensor, labels: Tensor) -> None:
+    """Refuse meta labels outside the classes of the model's outputs, naming the meta set."""
+    k = 2 if outputs.ndim == 1 or (outputs.ndim == 2 and outputs.shape[1] == 1) else outputs.shape[-1]
+    if labels.is_floating_point() or labels.numel() == 0:
+        return
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= k:
+        raise ValueError(
+            f"NDDV's meta set has labels in [{lo}, {hi}] but the model outputs {k} classes: `meta=(x_meta, "
+            f"y_meta)` needs class indices in [0, {k})."
+        )
