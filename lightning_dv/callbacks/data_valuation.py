@@ -19,6 +19,7 @@ from typing_extensions import override
 from lightning_dv.callbacks.guards import (
     NO_CALL_MESSAGE,
     VisitCounter,
+    check_finite_batch,
     check_finite_values,
     check_loss_has_grad,
     check_step_arguments,
@@ -308,7 +309,12 @@ class DataValuation(Callback):
         step = ValuationStep(per_sample_loss, safe, inputs, outputs, targets, pl_module)
         if not self._needs_checked:
             self._check_needs(step)
-        loss = self.objective.loss(state, step)
+        try:
+            loss = self.objective.loss(state, step)
+        except (RuntimeError, ValueError) as err:
+            if self.check_inputs:  # NaN features can break the objective's maths before its loss exists
+                check_finite_batch(idx, inputs, outputs, cause=err)
+            raise
         if self.check_inputs:
             check_step_values(per_sample_loss, idx, n, loss, inputs, outputs)
         if self._visits is not None:

@@ -117,21 +117,26 @@ def check_step_values(
             "rows' inputs and labels (or lower the learning rate)."
         )
     if loss_bad:
-        for name, t in (("inputs", inputs), ("outputs", outputs)):
-            if isinstance(t, Tensor) and t.is_floating_point() and t.ndim >= 1 and t.shape[0] == idx.shape[0]:
-                row_bad = ~torch.isfinite(t.detach().reshape(t.shape[0], -1)).all(dim=1)
-                if bool(row_bad.any()):
-                    rows = idx[row_bad].tolist()
-                    raise FloatingPointError(
-                        f"the valuation loss is NaN or infinite because the batch `{name}` are NaN or infinite "
-                        f"for {len(rows)} row(s): {_rows_text(rows)} (their per-sample losses are finite). "
-                        "Impute or drop those rows' features before training."
-                    )
+        check_finite_batch(idx, inputs, outputs)
         raise FloatingPointError(
             "the valuation objective's loss is NaN or infinite although every per-sample loss, input and output "
             "of the batch is finite: check the `features=` function (LossVal) and the objective's settings "
             "(e.g. a much smaller `lr`)."
         )
+
+
+def check_finite_batch(idx: Tensor, inputs: Any, outputs: Any, cause: BaseException | None = None) -> None:
+    """Raise a FloatingPointError naming the rows whose ``inputs`` or ``outputs`` are NaN or infinite."""
+    for name, t in (("inputs", inputs), ("outputs", outputs)):
+        if isinstance(t, Tensor) and t.is_floating_point() and t.ndim >= 1 and t.shape[0] == idx.shape[0]:
+            row_bad = ~torch.isfinite(t.detach().reshape(t.shape[0], -1)).all(dim=1)
+            if bool(row_bad.any()):
+                rows = idx[row_bad].tolist()
+                raise FloatingPointError(
+                    f"the valuation loss is NaN or infinite because the batch `{name}` are NaN or infinite "
+                    f"for {len(rows)} row(s): {_rows_text(rows)} (their per-sample losses are finite). "
+                    "Impute or drop those rows' features before training."
+                ) from cause
 
 
 def check_finite_values(values: Tensor, what: str) -> None:
