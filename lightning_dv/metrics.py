@@ -38,6 +38,15 @@ def noisy_mask(noisy, num_rows: int) -> Tensor:
         if t.numel() != num_rows:
             raise ValueError(f"the noisy-row mask has {t.numel()} entries; expected {num_rows}, one per row.")
         return t.reshape(-1).cpu()
+    if t.is_floating_point() and not bool((t == t.round()).all()):
+        raise ValueError(
+            "noisy rows must be row indices (integers) or a boolean mask; got non-integer numbers."
+        )
+    if t.numel() == num_rows > 2 and bool(((t == 0) | (t == 1)).all()):
+        raise ValueError(
+            f"the noisy rows look like a 0/1 mask ({num_rows} entries, all 0 or 1) but are {t.dtype}, which "
+            "reads as row indices 0 and 1: pass a boolean mask (`.astype(bool)`) or the indices of the noisy rows."
+        )
     idx = t.reshape(-1).long()
     if idx.numel() and (idx.min() < 0 or idx.max() >= num_rows):
         raise ValueError(

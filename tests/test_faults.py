@@ -146,13 +146,21 @@ def test_rows_never_valued_are_counted_warned_and_exported(data, tmp_path, mode,
     assert visits.sum() == (N - N % 32 if loader_kw else N)
 
 
-def test_no_step_calling_valuation_loss_fails_after_the_first_epoch(data):
+def test_no_step_calling_valuation_loss_warns_after_the_first_epoch_and_fails_at_fit_end(data, tmp_path):
     x, y, x_val, _ = data
-    model = Variant("no_call")
+    cb = DataValuation(LossVal(validation=x_val), export_path=tmp_path / "v.csv")
+    with pytest.warns(UserWarning, match="in epoch 0, no training step called `valuation_loss`"):
+        with pytest.raises(RuntimeError, match="no training step called `valuation_loss`"):
+            fit(Variant("no_call"), cb, x, y, epochs=2)
+    assert not (tmp_path / "v.csv").exists()  # not a file of initial values
+
+
+def test_no_training_batch_is_named(data):
+    x, y, x_val, _ = data
     cb = DataValuation(LossVal(validation=x_val))
-    with pytest.raises(RuntimeError, match="no training step called `valuation_loss`"):
-        fit(model, cb, x, y, epochs=5)
-    assert model.train_steps == 7  # one epoch, not five
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=0, callbacks=[cb], **trainer_kwargs())
+    with pytest.raises(RuntimeError, match="no training batch ran"):
+        fit(Variant(), cb, x, y, trainer=trainer)
 
 
 def test_visits_are_checkpointed(data, tmp_path):
@@ -410,3 +418,45 @@ def test_int32_idx_works_like_int64(data):
         )
         runs.append(cb.values.values)
     np.testing.assert_array_equal(runs[0], runs[1])
+
+
+def test_two_callbacks_are_refused(data):
+    x, y, x_val, _ = data
+    cbs = [DataValuation(LossVal(validation=x_val)), DataValuation(NDDV())]
+    trainer = L.Trainer(max_epochs=1, callbacks=cbs, **trainer_kwargs())
+    with pytest.raises(ValueError, match="only one DataValuation callback"):
+        fit(Variant(), cbs[0], x, y, trainer=trainer)
+
+
+def test_integer_zero_one_mask_as_known_noisy_is_refused(data):
+    x, y, x_val, _ = data
+    mask01 = (torch.arange(N) % 5 == 0).long()  # reads as rows {0, 1} if taken for indices
+    with pytest.raises(ValueError, match="look like a 0/1 mask"):
+        fit(Variant(), DataValuation(LossVal(validation=x_val), known_noisy=mask01), x, y)
+
+
+def test_non_tensor_inputs_to_lossval_are_named(data):
+    x, y, x_val, _ = data
+
+    class ListInputs(Variant):
+        def training_step(self, batch, batch_idx):
+            idx, xb, yb = batch
+            out = self(xb)
+            return self.valuation_loss(
+                self.per_sample_loss(out, yb), idx, inputs=[xb], outputs=out, targets=yb
+            )
+
+    with pytest.raises(TypeError, match="must be one tensor; got list"):
+        fit(ListInputs(), DataValuation(LossVal(validation=x_val)), x, y)
+
+
+def test_subset_of_an_indexed_dataset_is_explained(data):
+    x, y, x_val, _ = data
+    full = IndexedDataset(TensorDataset(x, y))
+    sub = torch.utils.data.Subset(full, list(range(100, 200)))
+    cb = DataValuation(LossVal(validation=x_val))
+    seeded(0)
+    with pytest.raises(IndexError, match=r"IndexedDataset\(Subset"):
+        L.Trainer(max_epochs=1, callbacks=[cb], **trainer_kwargs()).fit(
+            Variant(), DataLoader(sub, batch_size=32)
+        )

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_dv.callbacks.guards import (
+    NO_BATCH_MESSAGE,
     NO_CALL_MESSAGE,
     VisitCounter,
     check_finite_batch,
@@ -119,6 +120,7 @@ class DataValuation(Callback):
         self._values: DataValues | None = None
         self._fit_seconds = 0.0
         self._needs_checked = False
+        self._warned_no_call = False
         self._visits: VisitCounter | None = None
         self._attached: nn.Module | None = None  # the state of the model this callback last trained
         self._continuing = False
@@ -188,6 +190,7 @@ class DataValuation(Callback):
         self._stashed = None
         self._values = None
         self._fit_seconds = 0.0
+        self._warned_no_call = False
 
     @staticmethod
     def _state_size(state: nn.Module) -> int:
@@ -336,7 +339,7 @@ class DataValuation(Callback):
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         state = self._state(pl_module)
-        self._check_something_valued()
+        self._check_something_valued(trainer, at_fit_end=False)
         self.objective.on_train_epoch_end(trainer, pl_module, state)
         values = self.objective.values(state).detach().float().cpu()
         if self.record_trajectory:
@@ -348,7 +351,7 @@ class DataValuation(Callback):
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._fit_seconds = time.perf_counter() - getattr(self, "_fit_started", time.perf_counter())
-        self._check_something_valued()
+        self._check_something_valued(trainer, at_fit_end=True)
         message = never_seen_message(self._visits.total())
         if message is not None:
             rank_zero_warn(f"DataValuation: {message}")
@@ -359,11 +362,18 @@ class DataValuation(Callback):
         if self.export_path is not None:
             export_values(trainer, values, self.export_path)
 
-    def _check_something_valued(self) -> None:
-        """Sum the visits over ranks (collective) and fail when no training step valued any row."""
+    def _check_something_valued(self, trainer: pl.Trainer, at_fit_end: bool) -> None:
+        """Sum the visits over ranks (collective); warn at an epoch end, fail at fit end, when none."""
         self._visits.sync()
-        if int(self._visits.synced.sum()) == 0:
-            raise RuntimeError(f"DataValuation: {NO_CALL_MESSAGE}")
+        if int(self._visits.synced.sum()) > 0:
+            return
+        ran = trainer.fit_loop.epoch_loop.batch_progress.total.completed > 0
+        message = NO_CALL_MESSAGE if ran else NO_BATCH_MESSAGE
+        if at_fit_end:
+            raise RuntimeError(f"DataValuation: {message}")
+        if not self._warned_no_call:  # a warm-up epoch on the plain loss is allowed
+            self._warned_no_call = True
+            rank_zero_warn(f"DataValuation: in epoch {trainer.current_epoch}, {message}")
 
     @override
     def on_exception(

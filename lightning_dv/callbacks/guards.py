@@ -108,7 +108,8 @@ def check_step_values(
         raise IndexError(
             f"row index {hi if hi >= num_samples else lo} is outside the training set of {num_samples} rows: "
             "`idx` must be the dataset row (0..N-1) as yielded by `IndexedDataset`, and the dataset must not "
-            "change size."
+            "change size. (A `Subset` or `random_split` of an IndexedDataset yields the rows of the full "
+            "dataset: wrap the subset instead, `IndexedDataset(Subset(...))`.)"
         )
     if any_bad:
         rows = idx[bad].tolist()
@@ -210,4 +211,9 @@ NO_CALL_MESSAGE = (
     "no training step called `valuation_loss`, so no row was valued: return "
     "`self.valuation_loss(per_sample, idx, inputs=x, outputs=logits, targets=y)` from `training_step` "
     "(a module that trains on another loss needs no DataValuation callback)."
+)
+
+NO_BATCH_MESSAGE = (
+    "no training batch ran, so no row was valued: check `max_epochs`, `max_steps`, `limit_train_batches` and that "
+    "the train dataloader yields batches."
 )

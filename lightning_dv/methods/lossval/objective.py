@@ -35,6 +35,12 @@ REDUCTIONS = ("sum", "mean")
 
 def flatten_features(inputs: Tensor) -> Tensor:
     """Default ``features=`` hook: one flat float vector per sample."""
+    if not isinstance(inputs, Tensor):
+        raise TypeError(
+            f"LossVal's default features flatten the batch inputs, which must be one tensor; got "
+            f"{type(inputs).__name__}. Pass `inputs=x` as a tensor, or `LossVal(features=f)` with `f` mapping "
+            "your inputs (and the validation inputs) to a (batch, dim) tensor."
+        )
     return inputs.reshape(inputs.shape[0], -1).float()
 
 
