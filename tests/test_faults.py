@@ -81,7 +81,8 @@ class Variant(MLP):
             idx, x, y, out, per = (torch.cat([t, t[:1]]) for t in (idx, x, y, out, per))
         if self.mode == "squeezed" and len(idx) == 1:
             per = per.squeeze()
-        return self.valuation_loss(per, idx, inputs=x, outputs=out, targets=y)
+        loss = self.valuation_loss(per, idx, inputs=x, outputs=out, targets=y)
+        return per.mean() if self.mode == "result_dropped" else loss
 
     def validation_step(self, batch, batch_idx):
         idx, x, y = batch
@@ -460,3 +461,11 @@ def test_subset_of_an_indexed_dataset_is_explained(data):
         L.Trainer(max_epochs=1, callbacks=[cb], **trainer_kwargs()).fit(
             Variant(), DataLoader(sub, batch_size=32)
         )
+
+
+def test_valuation_loss_result_not_returned_is_refused_at_the_first_step(data):
+    x, y, x_val, _ = data
+    model = Variant("result_dropped")
+    with pytest.raises(RuntimeError, match="did not reach the loss"):
+        fit(model, DataValuation(LossVal(validation=x_val)), x, y)
+    assert model.train_steps == 1

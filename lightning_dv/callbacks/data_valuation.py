@@ -25,6 +25,7 @@ from lightning_dv.callbacks.guards import (
     check_loss_has_grad,
     check_step_arguments,
     check_step_values,
+    check_weights_received_grad,
     never_seen_message,
 )
 from lightning_dv.callbacks.reporting import as_noisy_mask, export_values, log_trajectory_figure, log_values
@@ -121,6 +122,7 @@ class DataValuation(Callback):
         self._fit_seconds = 0.0
         self._needs_checked = False
         self._warned_no_call = False
+        self._grad_checked = False
         self._visits: VisitCounter | None = None
         self._attached: nn.Module | None = None  # the state of the model this callback last trained
         self._continuing = False
@@ -191,6 +193,7 @@ class DataValuation(Callback):
         self._values = None
         self._fit_seconds = 0.0
         self._warned_no_call = False
+        self._grad_checked = False
 
     @staticmethod
     def _state_size(state: nn.Module) -> int:
@@ -274,6 +277,9 @@ class DataValuation(Callback):
         # gradient accumulation, and for manual optimization): step only with the first optimizer.
         if self.optimizer is None or not trainer.optimizers or optimizer is not trainer.optimizers[0]:
             return
+        if not self._grad_checked and self._visits is not None and self._visits.calls > 0:
+            check_weights_received_grad(self.optimizer)  # once: the first step after a valuation_loss call
+            self._grad_checked = True
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         if scaler is not None:
             scaler.unscale_(self.optimizer)

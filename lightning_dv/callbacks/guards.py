@@ -92,6 +92,17 @@ def check_loss_has_grad(per_sample_loss: Tensor, module: nn.Module, own: nn.Modu
         )
 
 
+def check_weights_received_grad(optimizer: torch.optim.Optimizer) -> None:
+    """Refuse a training step whose returned loss left out ``valuation_loss``'s result (values never move)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if params and all(p.grad is None for p in params):
+        raise RuntimeError(
+            "`valuation_loss` was called but its result did not reach the loss that was backpropagated, so the "
+            "values would never change: return (or backpropagate) the tensor `self.valuation_loss(...)` returns, "
+            "not the plain loss."
+        )
+
+
 def check_step_values(
     per_sample_loss: Tensor, idx: Tensor, num_samples: int, loss: Tensor, inputs: Any, outputs: Any
 ) -> None:
