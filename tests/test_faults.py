@@ -469,3 +469,27 @@ def test_valuation_loss_result_not_returned_is_refused_at_the_first_step(data):
     with pytest.raises(RuntimeError, match="did not reach the loss"):
         fit(model, DataValuation(LossVal(validation=x_val)), x, y)
     assert model.train_steps == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cpu_idx_with_a_cuda_model_and_out_of_range_rows_on_cuda(data):
+    x, y, x_val, _ = data
+
+    class CpuIdx(Variant):
+        def training_step(self, batch, batch_idx):
+            idx, xb, yb = batch
+            out = self(xb)
+            shift = 1000 if self.mode == "out_of_range" else 0
+            return self.valuation_loss(
+                self.per_sample_loss(out, yb), idx.cpu() + shift, inputs=xb, outputs=out, targets=yb
+            )
+
+    cb = DataValuation(LossVal(validation=x_val))
+    seeded(0)
+    kw = {**trainer_kwargs(), "accelerator": "gpu", "deterministic": False}
+    L.Trainer(max_epochs=1, callbacks=[cb], **kw).fit(CpuIdx(), loader(x, y, shuffle=False))
+    assert (cb.values.columns["visits"] == 1).all()
+    with pytest.raises(IndexError, match="outside the training set"):  # not a device-side assert
+        L.Trainer(max_epochs=1, callbacks=[DataValuation(LossVal(validation=x_val))], **kw).fit(
+            CpuIdx("out_of_range"), loader(x, y, shuffle=False)
+        )

@@ -259,5 +259,7 @@ def test_ddp_two_processes_agree_and_export_every_row_once(method, tmp_path):
     df = pd.read_csv(tmp_path / "values.csv")
     assert sorted(df["row"].tolist()) == list(range(101))
     np.testing.assert_allclose(df.sort_values("row")["value"].to_numpy(), r0["values"].numpy(), rtol=1e-6)
+    if r0["state"] is not None:  # visits summed over ranks: 2 epochs x (101 rows + the padded duplicate)
+        assert df["visits"].sum() == 2 * 102 and (df["visits"] >= 2).all()
     if method in ("aum", "margin"):  # each row counted once per epoch, the padded one included
         assert (r0["state"]["margin.epochs"] == 2).all()
