@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -124,7 +125,7 @@ class DataValuation(Callback):
         self._warned_no_call = False
         self._grad_checked = False
         self._visits: VisitCounter | None = None
-        self._attached: nn.Module | None = None  # the state of the model this callback last trained
+        self._attached: weakref.ref | None = None  # the state of the model this callback last trained
         self._continuing = False
 
     # -- attach --------------------------------------------------------------------------------
@@ -154,7 +155,9 @@ class DataValuation(Callback):
         if stage == "fit":
             # A new model starts a new run: nothing of an earlier fit may reach its export. Fitting
             # the same model again continues it (trajectory, visits, the weights' optimizer state).
-            self._continuing = existing is not None and existing is self._attached
+            self._continuing = (
+                existing is not None and self._attached is not None and existing is self._attached()
+            )
             if not self._continuing:
                 self._reset_run()
         n = self._resolve_num_samples(trainer, stage)
@@ -170,7 +173,7 @@ class DataValuation(Callback):
                     "fits. Use the same dataset, or a fresh model and DataValuation callback."
                 )
             if stage == "fit":
-                self._attached = existing
+                self._attached = weakref.ref(existing)
             return
         state = self.objective.build(n)
         if not isinstance(state, ValuationState):
@@ -180,7 +183,7 @@ class DataValuation(Callback):
             )
         pl_module.add_module(STATE_ATTR, state)
         if stage == "fit":
-            self._attached = state
+            self._attached = weakref.ref(state)
 
     def _reset_run(self) -> None:
         self.num_samples = self._user_num_samples

@@ -155,7 +155,9 @@ def _prepare(features: Any, labels: Any, device: Any) -> tuple[Tensor, Tensor, n
         raise ValueError(f"`features` must have shape (N, d) or (N, ...); got shape {tuple(x.shape)}.")
     n = x.shape[0]
     if n == 0:
-        raise ValueError("`features` has no rows: complexity_gap needs at least two labelled rows to score.")
+        raise ValueError(
+            "`features` has no rows: pass the features of the rows to score, shape (N, d) with N >= 1."
+        )
     codes, classes = _encode_labels(labels)
     if len(codes) != n:
         raise ValueError(
