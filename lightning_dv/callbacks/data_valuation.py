@@ -17,6 +17,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor, nn
 from typing_extensions import override
 
+from lightning_dv._validation import check_choice
 from lightning_dv.callbacks.guards import (
     NO_BATCH_MESSAGE,
     NO_CALL_MESSAGE,
@@ -41,6 +42,9 @@ from lightning_dv.methods.base import (
     WholeSetMethod,
 )
 from lightning_dv.values import DataValues
+
+#: How the user's model is trained (see ``DataValuation(model_loss=...)``).
+MODEL_LOSSES = ("plain", "reweight", "objective")
 
 #: Attribute under which the objective's learnable state is registered on the LightningModule.
 STATE_ATTR = "dv_state"
@@ -68,6 +72,16 @@ class DataValuation(Callback):
         check_inputs: Validate every step's indices and losses (shapes, range, NaN/inf). One
             host sync per step; switch off for the last bit of speed once a pipeline is trusted.
         prefix: Tag prefix in the logs.
+        model_loss: What the user's model is trained on. ``"plain"`` (default): exactly the
+            user's mean per-sample loss; the objective sees detached model quantities, so its loss
+            drives only its own parameters and the model trains bit-identically to a plain fit
+            (valuation cannot harm it). ``"reweight"``: the weighted mean
+            ``sum_i r_i l_i / sum_i r_i`` with the objective's positive learned weights ``r``
+            (detached; the loss stays on the user's scale), so rows the method judges harmful
+            count less. ``"objective"``: the method's own formula drives the model too (LossVal's
+            ``L_w * D**2`` as in the paper; for fidelity studies only, it can wreck the model).
+            In every mode the returned loss VALUE is the user's mean per-sample loss, so the
+            progress bar and a logged ``train_loss`` stay on the task's scale.
 
     Example:
         >>> import torch
@@ -87,6 +101,7 @@ class DataValuation(Callback):
         record_trajectory: bool = True,
         check_inputs: bool = True,
         prefix: str = "data_values",
+        model_loss: str = "plain",
     ) -> None:
         if not isinstance(objective, ValuationObjective):
             hint = (
@@ -104,6 +119,12 @@ class DataValuation(Callback):
             raise ValueError(f"`num_samples` must be >= 1; got {num_samples}.")
         if log_every_n_epochs < 1:
             raise ValueError(f"`log_every_n_epochs` must be >= 1; got {log_every_n_epochs}.")
+        check_choice("model_loss", model_loss, MODEL_LOSSES)
+        if model_loss == "reweight" and type(objective).model_weights is ValuationObjective.model_weights:
+            raise ValueError(
+                f"`model_loss='reweight'` needs per-row weights from the objective, and "
+                f"{type(objective).__name__} provides none: use model_loss='plain' (the default)."
+            )
         self.objective = objective
         self.export_path = export_path
         self.num_samples = num_samples
@@ -113,6 +134,8 @@ class DataValuation(Callback):
         self.record_trajectory = record_trajectory
         self.check_inputs = check_inputs
         self.prefix = f"{prefix}/{objective.name}"
+        self.model_loss = model_loss
+        self.skipped_steps = 0
         self.ids: np.ndarray | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.optimizer_steps = 0
@@ -284,9 +307,19 @@ class DataValuation(Callback):
             check_weights_received_grad(self.optimizer)  # once: the first step after a valuation_loss call
             self._grad_checked = True
         scaler = getattr(trainer.precision_plugin, "scaler", None)
-        if scaler is not None:
-            scaler.unscale_(self.optimizer)
-            scaler.step(self.optimizer)
+        if scaler is not None and scaler.is_enabled():
+            # Unscale and skip on our own: going through the user's scaler would record the
+            # weights' overflows in it, and its update() would then skip the MODEL's steps too.
+            grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+            inv = 1.0 / scaler.get_scale()
+            finite = True
+            if grads:
+                torch._foreach_mul_(grads, inv)
+                finite = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+            if finite:
+                self.optimizer.step()
+            else:
+                self.skipped_steps += 1
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -318,20 +351,48 @@ class DataValuation(Callback):
         # Out-of-range rows are reported by check_step_values after the single host sync; the
         # objective sees them clamped so it cannot fail first with an indexing error.
         safe = idx.clamp(0, n - 1) if self.check_inputs else idx
-        step = ValuationStep(per_sample_loss, safe, inputs, outputs, targets, pl_module)
+        if self.model_loss == "objective":
+            step = ValuationStep(per_sample_loss, safe, inputs, outputs, targets, pl_module)
+        else:
+            # The objective sees detached model quantities: its loss drives only its own parameters.
+            detached = outputs.detach() if isinstance(outputs, Tensor) else outputs
+            step = ValuationStep(
+                per_sample_loss.detach(),
+                safe,
+                inputs,
+                detached,
+                targets,
+                pl_module,
+                attached_loss=per_sample_loss,
+            )
         if not self._needs_checked:
             self._check_needs(step)
         try:
-            loss = self.objective.loss(state, step)
+            obj = self.objective.loss(state, step)
         except (RuntimeError, ValueError) as err:
             if self.check_inputs:  # NaN features can break the objective's maths before its loss exists
                 check_finite_batch(idx, inputs, outputs, cause=err)
             raise
         if self.check_inputs:
-            check_step_values(per_sample_loss, idx, n, loss, inputs, outputs)
+            check_step_values(per_sample_loss, idx, n, obj, inputs, outputs)
         if self._visits is not None:
             self._visits.add(idx)
-        return loss
+        return self._returned_loss(state, safe, per_sample_loss, obj)
+
+    def _returned_loss(self, state: nn.Module, idx: Tensor, per_sample_loss: Tensor, obj: Tensor) -> Tensor:
+        """The loss handed back to Lightning: its VALUE is always the user's mean loss (progress bar,
+        ``train_loss``); its gradient is the ``model_loss`` mode's for the model plus the objective's
+        for the objective's own parameters."""
+        plain = per_sample_loss.mean()
+        if self.model_loss == "objective":
+            return plain.detach() + (obj - obj.detach())  # gradient of the formula, value of the task loss
+        if self.model_loss == "reweight":
+            r = self.objective.model_weights(state, idx).detach().to(per_sample_loss.dtype)
+            total = r.sum()
+            r = torch.where(total > 0, r / total.clamp(min=torch.finfo(r.dtype).tiny), 1.0 / r.numel())
+            model = (r * per_sample_loss).sum()
+            return plain.detach() + (model - model.detach()) + (obj - obj.detach())
+        return plain + (obj - obj.detach())
 
     def _check_needs(self, step: ValuationStep) -> None:
         missing = [f for f in STEP_FIELDS if f in self.objective.needs and getattr(step, f) is None]
@@ -422,6 +483,8 @@ class DataValuation(Callback):
             metadata={
                 "epochs": len(self._trajectory),
                 "optimizer_steps": self.optimizer_steps,
+                "skipped_steps": self.skipped_steps,
+                "model_loss": self.model_loss,
                 "fit_seconds": self._fit_seconds,
                 "partial": partial is not None,
                 **({"interrupted_by": partial} if partial is not None else {}),
@@ -442,6 +505,7 @@ class DataValuation(Callback):
             "num_samples": self.num_samples,
             "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
             "optimizer_steps": self.optimizer_steps,
+            "skipped_steps": self.skipped_steps,
             "trajectory": torch.stack(self._trajectory) if self._trajectory else None,
             "objective": self.objective.state_dict(),
             "visits": None if self._visits is None else self._visits.state_dict(),
@@ -464,6 +528,7 @@ class DataValuation(Callback):
         if self.optimizer is not None and sd.get("optimizer") is not None:
             self.optimizer.load_state_dict(sd["optimizer"])
         self.optimizer_steps = int(sd.get("optimizer_steps", 0))
+        self.skipped_steps = int(sd.get("skipped_steps", 0))
         traj = sd.get("trajectory")
         self._trajectory = [] if traj is None else [t.clone() for t in traj]
         self.objective.load_state_dict(sd.get("objective", {}))

@@ -49,6 +49,10 @@ class ValuationStep:
         outputs: The model outputs (logits / predictions), or None.
         targets: The batch targets, or None.
         module: The LightningModule (for objectives that re-run the model, e.g. NDDV's meta step).
+        attached_loss: The per-sample loss still attached to the model's graph when the callback
+            hands the objective detached model quantities (``model_loss="plain"`` or
+            ``"reweight"``); for look-ahead steps that differentiate through the model (NDDV's
+            meta step). None when ``per_sample_loss`` itself is attached.
     """
 
     per_sample_loss: Tensor
@@ -57,6 +61,7 @@ class ValuationStep:
     outputs: Tensor | None = None
     targets: Tensor | None = None
     module: pl.LightningModule | None = None
+    attached_loss: Tensor | None = None
 
 
 class ValuationState(Float32Module):
@@ -147,6 +152,14 @@ class ValuationObjective(ABC):
     @abstractmethod
     def values(self, state: nn.Module) -> Tensor:
         """Current value of every row, shape ``(N,)``, HIGHER = MORE VALUABLE, identical on all ranks."""
+
+    def model_weights(self, state: nn.Module, idx: Tensor) -> Tensor | None:
+        """Positive per-row weights of the rows ``idx`` for ``DataValuation(model_loss="reweight")``.
+
+        The callback trains the model on ``sum_i r_i l_i / sum_i r_i`` with these weights
+        (detached). Default: None, i.e. the objective does not support reweighting.
+        """
+        return None
 
     def extra_columns(self, state: nn.Module) -> dict[str, Tensor]:
         """Additional per-row columns exported next to the values (default: none)."""

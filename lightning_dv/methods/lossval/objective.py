@@ -8,6 +8,12 @@ For a minibatch B with rows i and learnable weights w_i:
 
 with ``f`` the ``features=`` hook (default: flattened inputs) applied to the batch inputs and to
 the validation inputs alike. The values are the final weights.
+
+``l_i`` is, by default (``task_loss="auto"``), the paper's own bounded cross-entropy
+``-log(softmax(z_i)[y_i] + 1e-8)`` computed from the outputs and integer targets when the
+training step passes them, else the user's per-sample loss. Why: the values must not depend on
+how the user writes the same cross-entropy (logits + ``F.cross_entropy`` gave digits F1 0.65,
+softmax + ``-log(p + 1e-8)`` 0.87 on the same splits; see docs/model_safety.md).
 """
 
 from __future__ import annotations
@@ -31,6 +37,32 @@ if TYPE_CHECKING:
 
 MASSES = ("raw", "uniform")
 REDUCTIONS = ("sum", "mean")
+TASK_LOSSES = ("auto", "user")
+#: The paper's epsilon inside ``-log(p + eps)``.
+LOG_EPS = 1e-8
+
+
+def bounded_cross_entropy(outputs: Tensor, targets: Tensor) -> Tensor:
+    """The paper's per-sample loss ``-log(softmax(z)[y] + 1e-8)``, bounded by ``-log(1e-8) ~ 18.4``.
+
+    Example:
+        >>> bounded_cross_entropy(torch.tensor([[0.0, 0.0], [100.0, -100.0]]), torch.tensor([0, 1])).tolist()
+        [0.6931471824645996, 18.420680999755859]
+    """
+    p = torch.softmax(outputs.float(), dim=1).gather(1, targets.reshape(-1, 1).long()).squeeze(1)
+    return -torch.log(p + LOG_EPS)
+
+
+def _is_classification(outputs: Tensor | None, targets: Any) -> bool:
+    return (
+        isinstance(outputs, Tensor)
+        and isinstance(targets, Tensor)
+        and outputs.ndim == 2
+        and outputs.shape[1] >= 2
+        and not targets.is_floating_point()
+        and targets.ndim == 1
+        and targets.shape[0] == outputs.shape[0]
+    )
 
 
 def flatten_features(inputs: Tensor) -> Tensor:
@@ -59,7 +91,8 @@ class LossVal(ValuationObjective):
     Args:
         validation: Validation inputs ``x_val`` (tensor or array), or ``(x_val, y_val)`` (labels
             are ignored: the OT term compares features only), or a map-style dataset whose items
-            start with the input.
+            start with the input. ``None``: the validation dataloader given to ``Trainer.fit`` (or
+            the DataModule's ``val_dataloader``), read once at fit start (inputs only).
         features: Maps a batch of inputs to ``(B, d)`` features for the OT term; applied to the
             validation inputs too (e.g. a frozen encoder for images). Default: flatten.
         mass: ``"raw"`` (the paper: batch mass = sum of weights, validation mass J; geomloss does
@@ -78,6 +111,10 @@ class LossVal(ValuationObjective):
         backend: geomloss backend (``"tensorized"`` on CPU; ``"online"`` needs KeOps, for GPUs
             and validation sets whose J x J matrix does not fit).
         seed: Seed of the ``validation_subsample`` draws.
+        task_loss: ``"auto"``: the paper's bounded ``-log(softmax(z)[y] + 1e-8)`` from
+            ``outputs=`` and integer ``targets=`` when given (classification), so the values do
+            not depend on how the user writes the loss; otherwise the user's per-sample loss.
+            ``"user"``: always the user's per-sample loss.
 
     Example:
         >>> objective = LossVal(validation=torch.randn(100, 8))
@@ -91,7 +128,7 @@ class LossVal(ValuationObjective):
 
     def __init__(
         self,
-        validation: Any,
+        validation: Any = None,
         features: Callable[[Tensor], Tensor] | None = None,
         mass: str = "raw",
         reduction: str = "sum",
@@ -106,8 +143,10 @@ class LossVal(ValuationObjective):
         validation_subsample: int | None = None,
         backend: str = "tensorized",
         seed: int = 0,
+        task_loss: str = "auto",
     ) -> None:
         check_choice("mass", mass, MASSES)
+        check_choice("task_loss", task_loss, TASK_LOSSES)
         check_choice("reduction", reduction, REDUCTIONS)
         check_choice("constraint", constraint, CONSTRAINTS)
         if lr <= 0:
@@ -116,7 +155,8 @@ class LossVal(ValuationObjective):
             raise ValueError(f"`diameter` must be > 0; got {diameter}.")
         if validation_subsample is not None and validation_subsample < 1:
             raise ValueError(f"`validation_subsample` must be >= 1; got {validation_subsample}.")
-        self.validation_inputs = _validation_inputs(validation)
+        self.validation_inputs = None if validation is None else _validation_inputs(validation)
+        self.task_loss = task_loss
         self.features = features or flatten_features
         self.mass, self.reduction, self.constraint = mass, reduction, constraint
         self.exponent, self.lr, self.init = float(exponent), float(lr), float(init)
@@ -140,6 +180,8 @@ class LossVal(ValuationObjective):
             self._subsample_rng.set_state(state_dict["subsample_rng"])
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: nn.Module) -> None:
+        if self.validation_inputs is None:
+            self.validation_inputs = _validation_from_trainer(trainer)
         x_val = self.validation_inputs.to(pl_module.device)
         with torch.no_grad():
             feats = self.features(x_val)
@@ -225,6 +267,8 @@ class LossVal(ValuationObjective):
             )
         w = state.weights(step.idx)
         per_sample = step.per_sample_loss
+        if self.task_loss == "auto" and _is_classification(step.outputs, step.targets):
+            per_sample = bounded_cross_entropy(step.outputs, step.targets.to(step.outputs.device))
         weighted = w.to(per_sample.dtype) * per_sample
         task = weighted.sum() if self.reduction == "sum" else weighted.mean()
         d = self.divergence(state, w, feats)
@@ -233,11 +277,40 @@ class LossVal(ValuationObjective):
     def values(self, state: nn.Module) -> Tensor:
         return state.weights.all()
 
+    def model_weights(self, state: nn.Module, idx: Tensor) -> Tensor:
+        """The learned weights clamped at zero: a row LossVal drives negative stops counting."""
+        return state.weights(idx).detach().clamp(min=0)
+
     def after_optimizer_step(self, state: nn.Module) -> None:
         state.weights.project_()
 
     def configure_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=self.lr)
+
+
+def _validation_from_trainer(trainer: pl.Trainer) -> Tensor:
+    """The inputs of the validation dataloader given to ``fit`` (or the DataModule's), read once."""
+    source = trainer.fit_loop.epoch_loop.val_loop._data_source
+    loader = source.dataloader() if source.is_defined() else None
+    if loader is None or (isinstance(loader, (list, tuple)) and not loader):
+        raise ValueError(
+            "LossVal() was given no `validation=` and the fit has no validation dataloader: pass "
+            "`LossVal(validation=(x_val, y_val))`, or `trainer.fit(model, train_loader, val_loader)` "
+            "(or a DataModule with `val_dataloader`)."
+        )
+    if isinstance(loader, (list, tuple)):
+        loader = loader[0]
+    batches = []
+    for batch in loader:
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        if (
+            isinstance(batch, (list, tuple))
+            and len(batch) == 3
+            and not torch.as_tensor(x).is_floating_point()
+        ):
+            x = batch[1]  # an IndexedDataset batch: (row, x, y)
+        batches.append(torch.as_tensor(x))
+    return _validation_inputs(torch.cat(batches))
 
 
 def _validation_inputs(validation: Any) -> Tensor:

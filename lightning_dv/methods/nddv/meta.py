@@ -91,7 +91,8 @@ class MetaWeighting:
         named = [(n, p) for n, p in module.named_parameters() if p.requires_grad and id(p) not in ours]
         phi_names = [n for n, _ in state.weight_net.named_parameters()]
         phi = [p.detach().requires_grad_(True) for p in state.weight_net.parameters()]
-        per_sample = step.per_sample_loss
+        # The loss attached to the model's graph (the callback detaches `per_sample_loss` by default).
+        per_sample = step.attached_loss if step.attached_loss is not None else step.per_sample_loss
         w = functional_call(state.weight_net, dict(zip(phi_names, phi)), (per_sample.detach(),))
         inner = (w * per_sample).sum() / (w.sum() + EPS)  # fp32 weights promote a half-precision loss
         grads = torch.autograd.grad(

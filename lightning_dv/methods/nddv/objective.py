@@ -191,6 +191,7 @@ class NDDV(MetaWeighting, ValuationObjective):
             with torch.no_grad():
                 w = state.weight_net(per_sample.detach())
         task = (w.to(per_sample.dtype) * per_sample).sum() / (w.sum().to(per_sample.dtype) + EPS)
+        self._batch_weights = (step.idx.detach(), w.detach())
         with torch.no_grad():
             wd = w.detach().float()
             p = probs.detach()
@@ -205,6 +206,15 @@ class NDDV(MetaWeighting, ValuationObjective):
         mu = state.mean_field.to(probs.dtype)
         coupling = 0.5 * self.interaction * ((probs - mu) ** 2).sum(dim=1).mean()
         return task + coupling.to(task.dtype)
+
+    def model_weights(self, state: nn.Module, idx: Tensor) -> Tensor | None:
+        """The rows' positive weights of the current batch (softplus weights or the weight network's)."""
+        if self.weighting == "softplus":
+            return state.weights(idx).detach()
+        rows, w = getattr(self, "_batch_weights", (None, None))
+        if rows is None or rows.shape != idx.shape:
+            raise RuntimeError("NDDV.model_weights must follow NDDV.loss on the same batch.")
+        return w
 
     @staticmethod
     def _dynamics_states(step: ValuationStep) -> dict[str, Tensor]:
