@@ -140,7 +140,9 @@ def run_protocol(
     Returns:
         A :class:`pandas.DataFrame` with columns ``dataset, noise_kind, noise, seed, method, kind,
         n_train, n_noisy, f1, auroc, discovery_area, wall_s, discovery_*, remove_low_*,
-        remove_high_*, acc_full``. Its ``attrs`` hold ``skipped`` (method -> reason) and
+        remove_high_*, acc_full, model_acc, model``: ``model_acc`` is the test accuracy of the
+        model the method trained (training-time methods), else ``acc_full`` (logistic regression on
+        all rows); ``model`` says which. Its ``attrs`` hold ``skipped`` (method -> reason) and
         ``failed`` (list of run descriptions with the error).
 
     Example:
@@ -192,6 +194,10 @@ def run_protocol(
                 say(f"{tag}: FAILED: {type(err).__name__}: {err}")
                 continue
             metrics = evaluate(values, split, removal_fractions, seed)
+            # The model's test accuracy next to the detection figures: the model the method trained
+            # (training-time methods), else the logistic regression on all rows (acc_full).
+            model_acc = dv.metadata.get("test_accuracy", acc_full)
+            model = dv.metadata.get("model", "logistic regression on all rows (no model of its own)")
             rows.append(
                 {
                     "dataset": dataset,
@@ -204,10 +210,15 @@ def run_protocol(
                     "n_noisy": len(split.noisy),
                     "wall_s": wall,
                     "acc_full": acc_full,
+                    "model_acc": model_acc,
+                    "model": model,
                     **metrics,
                 }
             )
-            say(f"{tag}: F1 {metrics['f1']:.3f} AUROC {metrics['auroc']:.3f} ({wall:.2f} s)")
+            say(
+                f"{tag}: F1 {metrics['f1']:.3f} AUROC {metrics['auroc']:.3f} model test acc. {model_acc:.3f} "
+                f"({wall:.2f} s)"
+            )
     df = pd.DataFrame(rows)
     df.attrs["skipped"] = skipped
     df.attrs["failed"] = failed
@@ -260,6 +271,7 @@ def summary_markdown(df, command: str | None = None) -> str:
     cols = [("f1", "2-means F1", True), ("auroc", "AUROC", True), ("discovery_area", "discovery area", True)]
     if low_col:
         cols.append((low_col, "test acc. w/o lowest 20%", True))
+    cols.append(("model_acc", "model test acc.", True))
     cols.append(("wall_s", "time per valuation (s)", False))
     for (kind, rate), part in df.groupby(["noise_kind", "noise"], sort=True):
         lines += [f"## {kind} noise {rate:.0%}", ""]

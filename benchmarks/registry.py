@@ -98,16 +98,23 @@ def quiet_lightning():
 
 
 def fit_with_objective(
-    split: Split, seed: int, make_objective: Callable[[], object], epochs: int, hidden: int = 64
+    split: Split,
+    seed: int,
+    make_objective: Callable[[], object],
+    epochs: int,
+    hidden: int = 64,
+    model_loss: str | None = None,
 ) -> DataValues:
     """Value ``split``'s training rows with a training-time objective through a real Lightning fit.
 
     The model is :class:`~lightning_dv.modules.MLPClassifier` (Adam, lr 0.01, batch 32),
     exactly the user journey: the mixin's ``valuation_loss`` in ``training_step`` and a
-    ``DataValuation`` callback on the trainer. ``make_objective()`` builds the objective (inside
-    the quiet context, so its warnings about the tiny proportional splits stay out of the logs).
+    ``DataValuation(model_loss=...)`` callback on the trainer. ``make_objective()`` builds the
+    objective (inside the quiet context, so its warnings about the tiny proportional splits stay
+    out of the logs). The trained model's test accuracy goes to ``metadata["test_accuracy"]``.
     """
     import lightning as L
+    import torch
 
     from benchmarks.fitting import indexed_loader, quiet_trainer
     from lightning_dv.callbacks import DataValuation as callback
@@ -116,10 +123,16 @@ def fit_with_objective(
     L.seed_everything(seed, verbose=False)
     model = MLPClassifier(split.x_train.shape[1], split.num_classes, hidden=hidden)
     with quiet_lightning():
-        valuation = callback(make_objective())
+        valuation = callback(make_objective(), model_loss=model_loss)
         trainer = quiet_trainer(epochs, callbacks=[valuation])
         trainer.fit(model, indexed_loader(split.x_train, split.y_train, seed=seed))
-    return valuation.values
+    values = valuation.values
+    model.eval()
+    with torch.no_grad():
+        pred = model(torch.as_tensor(split.x_test, dtype=torch.float32)).argmax(1).numpy()
+    values.metadata["test_accuracy"] = float((pred == split.y_test).mean())
+    values.metadata["model"] = f"MLP({hidden}) trained with the callback (model_loss={valuation.model_loss})"
+    return values
 
 
 # -- baselines ------------------------------------------------------------------------------------
@@ -154,11 +167,60 @@ def _cleanlab(split: Split, seed: int) -> DataValues:
 
 
 # -- project methods ------------------------------------------------------------------------------
-@register("lossval", kind="project", description="LossVal, 30 epochs, MLP(64), Lightning fit")
+@register("lossval_reference", description="the LossVal paper's formula as a plain PyTorch loop (5x100 MLP)")
+def _lossval_reference(split: Split, seed: int) -> DataValues:
+    from benchmarks.lossval_reference import lossval_reference
+
+    return lossval_reference(
+        split.x_train,
+        split.y_train,
+        split.x_valid,
+        split.num_classes,
+        seed=seed,
+        x_test=split.x_test,
+        y_test=split.y_test,
+    )
+
+
+@register(
+    "lossval", kind="project", description="LossVal, 30 epochs, MLP(64), Lightning fit (model reweighted)"
+)
 def _lossval(split: Split, seed: int) -> DataValues:
     loss_val = project_class("lossval")
     return fit_with_objective(
         split, seed, lambda: loss_val(validation=(split.x_valid, split.y_valid)), epochs=30
+    )
+
+
+@register(
+    "lossval_plain",
+    kind="project",
+    description="LossVal, 30 epochs, the model on the plain loss (bit-identical to a plain fit)",
+)
+def _lossval_plain(split: Split, seed: int) -> DataValues:
+    loss_val = _import_project("lightning_dv.methods.lossval", "LossVal", "LossVal")
+    return fit_with_objective(
+        split,
+        seed,
+        lambda: loss_val(validation=(split.x_valid, split.y_valid)),
+        epochs=30,
+        model_loss="plain",
+    )
+
+
+@register(
+    "lossval_objective",
+    kind="project",
+    description="LossVal, 30 epochs, the paper's formula drives the model",
+)
+def _lossval_objective(split: Split, seed: int) -> DataValues:
+    loss_val = _import_project("lightning_dv.methods.lossval", "LossVal", "LossVal")
+    return fit_with_objective(
+        split,
+        seed,
+        lambda: loss_val(validation=(split.x_valid, split.y_valid)),
+        epochs=30,
+        model_loss="objective",
     )
 
 
@@ -174,6 +236,14 @@ NDDV_EPOCHS = 10
 def _nddv(split: Split, seed: int) -> DataValues:
     nddv = project_class("nddv")
     return fit_with_objective(split, seed, lambda: nddv(seed=seed), epochs=NDDV_EPOCHS)
+
+
+@register(
+    "nddv_reweight", kind="project", description=f"NDDV, {NDDV_EPOCHS} epochs, model trained on its weights"
+)
+def _nddv_reweight(split: Split, seed: int) -> DataValues:
+    nddv = _import_project("lightning_dv.methods.nddv", "NDDV", "NDDV")
+    return fit_with_objective(split, seed, lambda: nddv(seed=seed), epochs=NDDV_EPOCHS, model_loss="reweight")
 
 
 @register(

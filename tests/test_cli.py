@@ -17,6 +17,8 @@ def test_demo_writes_values_picture_and_tensorboard_and_reports(tmp_path, capsys
     out = capsys.readouterr().out
     assert "injected label errors are among them" in out and "AUROC" in out
     assert "The 10 most suspicious rows:" in out
+    acc_line = next(line for line in out.splitlines() if line.startswith("Model test accuracy"))
+    assert 0.5 < float(acc_line.split()[3]) <= 1.0  # two epochs on digits already beat chance (0.1)
     assert f"tensorboard --logdir {tmp_path / 'runs'}" in out
     values_file = next(p for p in tmp_path.iterdir() if p.name.startswith("values.") and p.suffix != ".png")
     values = DataValues.load(values_file)

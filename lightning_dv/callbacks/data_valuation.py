@@ -72,7 +72,9 @@ class DataValuation(Callback):
         check_inputs: Validate every step's indices and losses (shapes, range, NaN/inf). One
             host sync per step; switch off for the last bit of speed once a pipeline is trusted.
         prefix: Tag prefix in the logs.
-        model_loss: What the user's model is trained on. ``"plain"`` (default): exactly the
+        model_loss: What the user's model is trained on; default (None): the objective's
+            ``default_model_loss`` (``"plain"`` for NDDV; ``"reweight"`` for LossVal, whose values
+            need the model trained on them, see docs/model_safety.md). ``"plain"``: exactly the
             user's mean per-sample loss; the objective sees detached model quantities, so its loss
             drives only its own parameters and the model trains bit-identically to a plain fit
             (valuation cannot harm it). ``"reweight"``: the weighted mean
@@ -101,7 +103,7 @@ class DataValuation(Callback):
         record_trajectory: bool = True,
         check_inputs: bool = True,
         prefix: str = "data_values",
-        model_loss: str = "plain",
+        model_loss: str | None = None,
     ) -> None:
         if not isinstance(objective, ValuationObjective):
             hint = (
@@ -119,6 +121,7 @@ class DataValuation(Callback):
             raise ValueError(f"`num_samples` must be >= 1; got {num_samples}.")
         if log_every_n_epochs < 1:
             raise ValueError(f"`log_every_n_epochs` must be >= 1; got {log_every_n_epochs}.")
+        model_loss = model_loss if model_loss is not None else objective.default_model_loss
         check_choice("model_loss", model_loss, MODEL_LOSSES)
         if model_loss == "reweight" and type(objective).model_weights is ValuationObjective.model_weights:
             raise ValueError(
