@@ -183,7 +183,9 @@ def _lossval_reference(split: Split, seed: int) -> DataValues:
 
 
 @register(
-    "lossval", kind="project", description="LossVal, 30 epochs, MLP(64), Lightning fit (model reweighted)"
+    "lossval",
+    kind="project",
+    description="LossVal, 30 epochs, MLP(64), Lightning fit (defaults: model on the plain loss)",
 )
 def _lossval(split: Split, seed: int) -> DataValues:
     loss_val = project_class("lossval")
@@ -193,18 +195,18 @@ def _lossval(split: Split, seed: int) -> DataValues:
 
 
 @register(
-    "lossval_plain",
+    "lossval_reweight",
     kind="project",
-    description="LossVal, 30 epochs, the model on the plain loss (bit-identical to a plain fit)",
+    description="LossVal, 30 epochs, the model trained on the learned weights (model_loss='reweight')",
 )
-def _lossval_plain(split: Split, seed: int) -> DataValues:
+def _lossval_reweight(split: Split, seed: int) -> DataValues:
     loss_val = _import_project("lightning_dv.methods.lossval", "LossVal", "LossVal")
     return fit_with_objective(
         split,
         seed,
         lambda: loss_val(validation=(split.x_valid, split.y_valid)),
         epochs=30,
-        model_loss="plain",
+        model_loss="reweight",
     )
 
 

@@ -68,23 +68,15 @@ def net_params(model):
 
 
 @pytest.mark.parametrize("name", ["lossval", "nddv", "nddv_meta"])
-def test_plain_mode_trains_the_model_bit_identically_to_a_plain_fit(split, name):
+def test_defaults_train_the_model_bit_identically_to_a_plain_fit(split, name):
     _, _, plain = fit(split, model_cls=PlainMLP)
-    objective = objectives(split)[name]()
-    cb, trainer, model = fit(split, objective, callback_kwargs={"model_loss": "plain"})
+    cb, trainer, model = fit(split, objectives(split)[name]())
+    assert cb.model_loss == "plain"
     ref = net_params(plain)
     for k, v in net_params(model).items():
         assert torch.equal(v, ref[k]), k
     assert not np.allclose(cb.values.values, cb.values.values[0])  # and the values were still learned
     assert 0 < float(trainer.callback_metrics["train_loss"]) < 5  # the user's task loss, on its scale
-
-
-def test_defaults_plain_for_nddv_reweight_for_lossval(split):
-    assert DataValuation(NDDV()).model_loss == "plain"  # bit-identical (test above)
-    assert DataValuation(NDDV(weighting="meta", meta=(split.x_valid, split.y_valid))).model_loss == "plain"
-    # LossVal's values need the model trained on them (docs/model_safety.md): positive, normalised
-    assert DataValuation(LossVal(validation=split.x_valid)).model_loss == "reweight"
-    assert DataValuation(LossVal(validation=split.x_valid), model_loss="plain").model_loss == "plain"
 
 
 def test_objective_mode_trains_the_model_on_the_formula_but_logs_the_task_loss(split):
@@ -121,12 +113,13 @@ def adam_steps(trainer):
     return [int(opt.state[p]["step"]) for g in opt.param_groups for p in g["params"]]
 
 
-@pytest.mark.parametrize("name", ["lossval", "nddv"])
-def test_16_mixed_grad_scaler_never_skips_the_models_steps(split, name):
+@pytest.mark.parametrize(("name", "mode"), [("lossval", None), ("nddv", None), ("lossval", "reweight")])
+def test_16_mixed_grad_scaler_never_skips_the_models_steps(split, name, mode):
     def run(objective):
         # Lightning builds no GradScaler on CPU: pass one explicitly.
         scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
-        cb, trainer, model = fit(split, objective, plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)])
+        plugins = [MixedPrecision("16-mixed", "cpu", scaler=scaler)]
+        cb, trainer, model = fit(split, objective, callback_kwargs={"model_loss": mode}, plugins=plugins)
         return cb, trainer, model, scaler
 
     _, plain_trainer, _, plain_scaler = run(None)

@@ -73,8 +73,7 @@ class DataValuation(Callback):
             host sync per step; switch off for the last bit of speed once a pipeline is trusted.
         prefix: Tag prefix in the logs.
         model_loss: What the user's model is trained on; default (None): the objective's
-            ``default_model_loss`` (``"plain"`` for NDDV; ``"reweight"`` for LossVal, whose values
-            need the model trained on them, see docs/model_safety.md). ``"plain"``: exactly the
+            ``default_model_loss``, ``"plain"`` for every built-in objective. ``"plain"``: exactly the
             user's mean per-sample loss; the objective sees detached model quantities, so its loss
             drives only its own parameters and the model trains bit-identically to a plain fit
             (valuation cannot harm it). ``"reweight"``: the weighted mean

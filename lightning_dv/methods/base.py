@@ -132,9 +132,8 @@ class ValuationObjective(ABC):
     lr: float = 0.01
     #: Which ``valuation_loss`` arguments the objective reads (a subset of :data:`STEP_FIELDS`).
     needs: ClassVar[frozenset[str]] = frozenset()
-    #: How ``DataValuation(model_loss=None)`` trains the user's model for this objective:
-    #: ``"plain"`` (bit-identical to a plain fit) unless the method's values need the model
-    #: trained on them (then ``"reweight"``, chosen by measurement: docs/model_safety.md).
+    #: How ``DataValuation(model_loss=None)`` trains the user's model for this objective. Every
+    #: built-in objective keeps ``"plain"`` (bit-identical to a plain fit: the guarantee).
     default_model_loss: str = "plain"
 
     @abstractmethod

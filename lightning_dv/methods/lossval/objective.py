@@ -125,10 +125,6 @@ class LossVal(ValuationObjective):
 
     name = "lossval"
     needs = frozenset({"inputs"})
-    #: LossVal's values need the model trained on them: with the model on the plain loss it
-    #: memorises the noisy rows and the weights separate less (digits, 10% noise: F1 0.59 plain,
-    #: 0.74 reweight); reweighting also raised test accuracy (docs/model_safety.md).
-    default_model_loss = "reweight"
 
     def __init__(
         self,
