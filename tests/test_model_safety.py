@@ -12,7 +12,7 @@ from helpers import MLP, loader, seeded, trainer_kwargs
 from lightning.pytorch.plugins import MixedPrecision
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_dv import NDDV, DataValuation, LossVal
+from lightning_dv import AUM, NDDV, DataValuation, LossVal
 from lightning_dv.datasets import make_split
 
 
@@ -26,6 +26,7 @@ def objectives(split):
         "lossval": lambda: LossVal(validation=(split.x_valid, split.y_valid)),
         "nddv": lambda: NDDV(),
         "nddv_meta": lambda: NDDV(weighting="meta", meta=(split.x_valid, split.y_valid)),
+        "aum": lambda: AUM(),
     }
 
 
@@ -67,7 +68,7 @@ def net_params(model):
     return {k: v.detach().clone() for k, v in model.net.state_dict().items()}
 
 
-@pytest.mark.parametrize("name", ["lossval", "nddv", "nddv_meta"])
+@pytest.mark.parametrize("name", ["lossval", "nddv", "nddv_meta", "aum"])
 def test_defaults_train_the_model_bit_identically_to_a_plain_fit(split, name):
     _, _, plain = fit(split, model_cls=PlainMLP)
     cb, trainer, model = fit(split, objectives(split)[name]())
