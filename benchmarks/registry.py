@@ -200,7 +200,7 @@ def _lossval(split: Split, seed: int) -> DataValues:
     description="LossVal, 30 epochs, the model trained on the learned weights (model_loss='reweight')",
 )
 def _lossval_reweight(split: Split, seed: int) -> DataValues:
-    loss_val = _import_project("lightning_dv.methods.lossval", "LossVal", "LossVal")
+    loss_val = project_class("lossval")
     return fit_with_objective(
         split,
         seed,
@@ -216,7 +216,7 @@ def _lossval_reweight(split: Split, seed: int) -> DataValues:
     description="LossVal, 30 epochs, the paper's formula drives the model",
 )
 def _lossval_objective(split: Split, seed: int) -> DataValues:
-    loss_val = _import_project("lightning_dv.methods.lossval", "LossVal", "LossVal")
+    loss_val = project_class("lossval")
     return fit_with_objective(
         split,
         seed,
@@ -244,7 +244,7 @@ def _nddv(split: Split, seed: int) -> DataValues:
     "nddv_reweight", kind="project", description=f"NDDV, {NDDV_EPOCHS} epochs, model trained on its weights"
 )
 def _nddv_reweight(split: Split, seed: int) -> DataValues:
-    nddv = _import_project("lightning_dv.methods.nddv", "NDDV", "NDDV")
+    nddv = project_class("nddv")
     return fit_with_objective(split, seed, lambda: nddv(seed=seed), epochs=NDDV_EPOCHS, model_loss="reweight")
 
 
