@@ -71,6 +71,42 @@ class PaperMLP(MLPClassifier):
         self.net = paper_mlp(in_features, num_classes)[:-1]
 
 
+class SoftmaxMLP(MLPClassifier):
+    """MLP(64) writing the same cross-entropy as softmax + -log(p + 1e-8) (the LossVal paper's form)."""
+
+    def per_sample_loss(self, outputs, targets):
+        p = torch.softmax(outputs, dim=1).gather(1, targets.reshape(-1, 1)).squeeze(1)
+        return -torch.log(p + 1e-8)
+
+
+def loss_form_rows(split: Split, seed: int) -> list[dict]:
+    """LossVal's values with the loss written two ways, before (formula on the user's loss) and after (defaults)."""
+    rows = []
+    for when, kw, mode in (("before", {"task_loss": "user"}, "objective"), ("after", {}, None)):
+        for form, cls in (
+            ("logits + F.cross_entropy", MLPClassifier),
+            ("softmax + -log(p + 1e-8)", SoftmaxMLP),
+        ):
+            L.seed_everything(seed, verbose=False)
+            model = cls(split.x_train.shape[1], split.num_classes, hidden=64)
+            cb = DataValuation(LossVal(validation=(split.x_valid, split.y_valid), **kw), model_loss=mode)
+            with quiet_lightning():
+                quiet_trainer(30, callbacks=[cb]).fit(
+                    model, indexed_loader(split.x_train, split.y_train, seed=seed)
+                )
+            ev = evaluate(cb.values.values, split, ())
+            rows.append(
+                {
+                    "entry": f"{when}: {form}",
+                    "f1": ev["f1"],
+                    "auroc": ev["auroc"],
+                    "test_acc": float("nan"),
+                    "wall_s": 0.0,
+                }
+            )
+    return rows
+
+
 def _objective(kind: str, split: Split, seed: int):
     if kind == "lossval":
         return LossVal(validation=(split.x_valid, split.y_valid))
@@ -127,7 +163,7 @@ def main(argv=None) -> int:
     import pandas as pd
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("part", choices=["issue", "protocol"])
+    p.add_argument("part", choices=["issue", "protocol", "lossform"])
     p.add_argument("--datasets", nargs="+", default=["digits", "breast_cancer", "gaussian"])
     p.add_argument("--noise", nargs="+", type=float, default=[0.1, 0.2])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
@@ -153,6 +189,17 @@ def main(argv=None) -> int:
         name = "MLP(64)" if args.model == "mlp64" else "5x100 MLP"
         settings = [(d, r, seed, name) for d in args.datasets for r in args.noise for seed in args.seeds]
         split_kw = {}
+    if args.part == "lossform":
+        models, split_kw = {}, {}
+        for dataset in args.datasets:
+            for seed in args.seeds:
+                split = make_split(dataset, noise=args.noise[0], seed=seed)
+                for row in loss_form_rows(split, seed):
+                    rows.append(
+                        {"dataset": dataset, "noise": args.noise[0], "seed": seed, "model": "MLP(64)", **row}
+                    )
+                    print(rows[-1], flush=True)
+        settings = []
     for dataset, rate, seed, model_name in settings:
         split = make_split(dataset, noise=rate, seed=seed, **split_kw)
         todo = [e for e in args.entries if e in ENTRIES]
