@@ -30,6 +30,7 @@ from lightning_dv.callbacks.guards import (
     check_weights_received_grad,
     never_seen_message,
 )
+from lightning_dv.callbacks.model_loss import MODEL_LOSSES, returned_loss, step_unscaled
 from lightning_dv.callbacks.reporting import as_noisy_mask, export_values, log_trajectory_figure, log_values
 from lightning_dv.data import IndexedDataset
 from lightning_dv.io import check_export_path, check_export_suffix
@@ -42,9 +43,6 @@ from lightning_dv.methods.base import (
     WholeSetMethod,
 )
 from lightning_dv.values import DataValues
-
-#: How the user's model is trained (see ``DataValuation(model_loss=...)``).
-MODEL_LOSSES = ("plain", "reweight", "objective")
 
 #: Attribute under which the objective's learnable state is registered on the LightningModule.
 STATE_ATTR = "dv_state"
@@ -72,17 +70,10 @@ class DataValuation(Callback):
         check_inputs: Validate every step's indices and losses (shapes, range, NaN/inf). One
             host sync per step; switch off for the last bit of speed once a pipeline is trusted.
         prefix: Tag prefix in the logs.
-        model_loss: What the user's model is trained on; default (None): the objective's
-            ``default_model_loss``, ``"plain"`` for every built-in objective. ``"plain"``: exactly the
-            user's mean per-sample loss; the objective sees detached model quantities, so its loss
-            drives only its own parameters and the model trains bit-identically to a plain fit
-            (valuation cannot harm it). ``"reweight"``: the weighted mean
-            ``sum_i r_i l_i / sum_i r_i`` with the objective's positive learned weights ``r``
-            (detached; the loss stays on the user's scale), so rows the method judges harmful
-            count less. ``"objective"``: the method's own formula drives the model too (LossVal's
-            ``L_w * D**2`` as in the paper; for fidelity studies only, it can wreck the model).
-            In every mode the returned loss VALUE is the user's mean per-sample loss, so the
-            progress bar and a logged ``train_loss`` stay on the task's scale.
+        model_loss: What the user's model trains on (default: the objective's
+            ``default_model_loss``, ``"plain"`` for every built-in one): ``"plain"`` (bit-identical
+            to a plain fit), ``"reweight"`` (the learned weights, normalised) or ``"objective"``
+            (the method's formula); see :mod:`lightning_dv.callbacks.model_loss`.
 
     Example:
         >>> import torch
@@ -310,17 +301,7 @@ class DataValuation(Callback):
             self._grad_checked = True
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         if scaler is not None and scaler.is_enabled():
-            # Unscale and skip on our own: going through the user's scaler would record the
-            # weights' overflows in it, and its update() would then skip the MODEL's steps too.
-            grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-            inv = 1.0 / scaler.get_scale()
-            finite = True
-            if grads:
-                torch._foreach_mul_(grads, inv)
-                finite = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
-            if finite:
-                self.optimizer.step()
-            else:
+            if not step_unscaled(self.optimizer, scaler):  # never through the user's scaler
                 self.skipped_steps += 1
         else:
             self.optimizer.step()
@@ -379,22 +360,8 @@ class DataValuation(Callback):
             check_step_values(per_sample_loss, idx, n, obj, inputs, outputs)
         if self._visits is not None:
             self._visits.add(idx)
-        return self._returned_loss(state, safe, per_sample_loss, obj)
-
-    def _returned_loss(self, state: nn.Module, idx: Tensor, per_sample_loss: Tensor, obj: Tensor) -> Tensor:
-        """The loss handed back to Lightning: its VALUE is always the user's mean loss (progress bar,
-        ``train_loss``); its gradient is the ``model_loss`` mode's for the model plus the objective's
-        for the objective's own parameters."""
-        plain = per_sample_loss.mean()
-        if self.model_loss == "objective":
-            return plain.detach() + (obj - obj.detach())  # gradient of the formula, value of the task loss
-        if self.model_loss == "reweight":
-            r = self.objective.model_weights(state, idx).detach().to(per_sample_loss.dtype)
-            total = r.sum()
-            r = torch.where(total > 0, r / total.clamp(min=torch.finfo(r.dtype).tiny), 1.0 / r.numel())
-            model = (r * per_sample_loss).sum()
-            return plain.detach() + (model - model.detach()) + (obj - obj.detach())
-        return plain + (obj - obj.detach())
+        weights = self.objective.model_weights(state, safe) if self.model_loss == "reweight" else None
+        return returned_loss(self.model_loss, per_sample_loss, obj, weights)
 
     def _check_needs(self, step: ValuationStep) -> None:
         missing = [f for f in STEP_FIELDS if f in self.objective.needs and getattr(step, f) is None]
