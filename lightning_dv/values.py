@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from lightning_dv.formats import DataValuesFileError, read_values, write_values
 from lightning_dv.io import atomic_write, check_export_path
+
+__all__ = ["DataValues", "DataValuesFileError"]
+
+#: How many of the lowest rows ``repr(values)`` shows.
+REPR_ROWS = 5
 
 
 def _to_numpy(x: Any, dtype: Any = None) -> np.ndarray:
@@ -31,14 +36,29 @@ class DataValues:
         columns: Extra per-row columns, e.g. the raw score of a method whose raw score means
             "suspicious when high" (``cg_score``), or a cluster id.
         trajectory: Optional ``(epochs, N)`` array of the values recorded at the end of every epoch.
-        metadata: Free-form facts about the run (epochs, settings).
+        metadata: Free-form facts about the run (epochs, settings); JSON-able values survive
+            :meth:`save` / :meth:`load`.
+        flagged: One boolean per row: the method's own decision of which rows are LOW value.
+            Default: the low cluster of the exact 1-D 2-means split of the values
+            (:func:`~lightning_dv.metrics.two_means_split`, the OpenDataVal protocol's rule);
+            non-finite values are always flagged. ``metadata["flagged_by"]`` says which rule.
+        labels: The rows' labels where known (any type, e.g. strings).
 
     Example:
-        >>> dv = DataValues([0.3, -1.0, 2.0], method="demo")
+        >>> dv = DataValues([0.3, -1.0, 2.0, 2.1], method="demo", labels=["a", "b", "a", "b"])
         >>> dv.lowest(1).index.tolist()
         [1]
         >>> dv.highest(2).values.tolist()
-        [2.0, 0.3]
+        [2.1, 2.0]
+        >>> dv.flagged.tolist()
+        [True, True, False, False]
+        >>> dv
+        DataValues(method='demo', rows=4, flagged=2)
+           row  label    value  flagged
+             1  b      -1.0000  yes
+             0  a       0.3000  yes
+             2  a       2.0000  no
+             3  b       2.1000  no
     """
 
     values: np.ndarray
@@ -48,6 +68,8 @@ class DataValues:
     columns: dict[str, np.ndarray] = field(default_factory=dict)
     trajectory: np.ndarray | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    flagged: np.ndarray | None = None
+    labels: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.values = _to_numpy(self.values, np.float64).reshape(-1)
@@ -71,13 +93,51 @@ class DataValues:
             if traj.ndim != 2 or traj.shape[1] != n:
                 raise ValueError(f"`trajectory` has shape {traj.shape}; expected (epochs, {n}).")
             self.trajectory = traj
+        self.metadata = dict(self.metadata)
+        if self.labels is not None:
+            self.labels = _to_numpy(self.labels)
+            if self.labels.shape[:1] != (n,):
+                raise ValueError(f"`labels` has {self.labels.shape[0]} entries; expected {n}, one per row.")
+        if self.flagged is None:
+            self.flagged = _two_means_flags(self.values)
+            self.metadata.setdefault("flagged_by", "two_means")
+        else:
+            self.flagged = _to_numpy(self.flagged).astype(bool).reshape(-1)
+            if self.flagged.shape != (n,):
+                raise ValueError(f"`flagged` has {self.flagged.shape[0]} entries; expected {n}, one per row.")
 
     def __len__(self) -> int:
         return int(self.values.shape[0])
 
     def __repr__(self) -> str:
         ep = "" if self.trajectory is None else f", epochs={self.trajectory.shape[0]}"
-        return f"DataValues(method={self.method!r}, rows={len(self)}{ep})"
+        head = f"DataValues(method={self.method!r}, rows={len(self)}, flagged={int(self.flagged.sum())}{ep})"
+        if not len(self):
+            return head
+        return head + "\n" + self.format_table(self.lowest(REPR_ROWS))
+
+    @staticmethod
+    def format_table(rows: DataValues) -> str:
+        """Plain-text table of ``rows`` (row, id, label, predicted label, value, flagged)."""
+        cols: list[tuple[str, list[str]]] = [("row", [str(r) for r in rows.index])]
+        if rows.ids is not None:
+            cols.append(("id", [str(i) for i in rows.ids]))
+        if rows.labels is not None:
+            cols.append(("label", [str(v) for v in rows.labels]))
+        if "predicted_label" in rows.columns:
+            cols.append(("predicted", [str(v) for v in rows.columns["predicted_label"]]))
+        cols.append(("value", [f"{v:.4f}" for v in rows.values]))
+        cols.append(("flagged", ["yes" if f else "no" for f in rows.flagged]))
+        widths = [max(len(name), *(len(c) for c in cells)) for name, cells in cols]
+        right = {"row", "value"}
+        lines = []
+        for i in range(-1, len(rows)):
+            parts = []
+            for (name, cells), w in zip(cols, widths):
+                text = name if i < 0 else cells[i]
+                parts.append(text.rjust(w) if name in right else text.ljust(w))
+            lines.append("   " + "  ".join(parts).rstrip())
+        return "\n".join(lines)
 
     # -- selection --------------------------------------------------------------------------
     def _take(self, order: np.ndarray) -> DataValues:
@@ -89,6 +149,8 @@ class DataValues:
             columns={k: v[order] for k, v in self.columns.items()},
             trajectory=None if self.trajectory is None else self.trajectory[:, order],
             metadata=dict(self.metadata),
+            flagged=self.flagged[order],
+            labels=None if self.labels is None else self.labels[order],
         )
 
     def lowest(self, k: int = 10) -> DataValues:
@@ -107,7 +169,8 @@ class DataValues:
 
     # -- conversion -------------------------------------------------------------------------
     def to_dict(self, trajectory: bool = True) -> dict[str, np.ndarray]:
-        """Columns as a dict of arrays: ``row``, ``id`` (if any), ``value``, extras, ``value_epoch_<e>``.
+        """Columns as a dict of arrays: ``row``, ``id`` (if any), ``value``, ``flagged``, ``label`` (if
+        known), extras, ``value_epoch_<e>``.
 
         The trajectory is in WIDE format: one column ``value_epoch_<e>`` per recorded epoch ``e``
         (1-based, the value at the end of that epoch).
@@ -116,6 +179,9 @@ class DataValues:
         if self.ids is not None:
             out["id"] = self.ids
         out["value"] = self.values
+        out["flagged"] = self.flagged
+        if self.labels is not None:
+            out["label"] = self.labels
         for k, v in self.columns.items():
             if v.ndim == 1:
                 out[k] = v
@@ -149,7 +215,9 @@ class DataValues:
         """Write the values atomically; the format follows the extension.
 
         ``.csv`` and ``.parquet`` hold one row per dataset row (wide trajectory columns);
-        ``.npz`` holds the arrays (``row``, ``value``, ``id``, extra columns, ``trajectory``).
+        ``.npz`` holds the arrays. All three keep the method, the metadata and the row count
+        (see :mod:`lightning_dv.formats`; CSV starts with a ``# lightning-dv`` line: read it with
+        :meth:`load` or ``pd.read_csv(path, skiprows=1)``).
 
         Args:
             path: Destination ending in .csv, .parquet or .npz.
@@ -159,71 +227,17 @@ class DataValues:
             The written path.
         """
         p = check_export_path(path, argument="path")
-        suffix = p.suffix.lower()
-        if suffix == ".npz":
-
-            def write(tmp: Path) -> None:
-                arrays = {"row": self.index, "value": self.values}
-                if self.ids is not None:
-                    arrays["id"] = self.ids
-                for k, v in self.columns.items():
-                    arrays[f"col_{k}"] = v
-                if trajectory and self.trajectory is not None:
-                    arrays["trajectory"] = self.trajectory
-                arrays["method"] = np.array(self.method)
-                with open(tmp, "wb") as fh:
-                    np.savez(fh, **arrays)
-
-        elif suffix == ".csv":
-            data = self.to_dict(trajectory=trajectory)
-
-            def write(tmp: Path) -> None:
-                _write_csv(tmp, data)
-
-        else:  # parquet
-            df = self.to_pandas(trajectory=trajectory)
-
-            def write(tmp: Path) -> None:
-                try:
-                    df.to_parquet(tmp, index=False)
-                except ImportError as err:
-                    raise ImportError(
-                        "writing .parquet needs pyarrow: `pip install lightning-dv[parquet]`, "
-                        "or save to .csv / .npz instead."
-                    ) from err
-
-        return atomic_write(p, write)
+        return atomic_write(p, lambda tmp: write_values(self, tmp, trajectory=trajectory))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> DataValues:
-        """Read values written by :meth:`save` (any of the three formats)."""
-        p = Path(path)
-        suffix = p.suffix.lower()
-        if suffix == ".npz":
-            with np.load(p, allow_pickle=False) as z:
-                cols = {k[4:]: z[k] for k in z.files if k.startswith("col_")}
-                return cls(
-                    values=z["value"],
-                    index=z["row"],
-                    ids=z["id"] if "id" in z.files else None,
-                    columns=cols,
-                    trajectory=z["trajectory"] if "trajectory" in z.files else None,
-                    method=str(z["method"]) if "method" in z.files else "unknown",
-                )
-        pd = _import_pandas()
-        df = pd.read_csv(p) if suffix == ".csv" else pd.read_parquet(p)
-        epoch_cols = sorted(
-            (c for c in df.columns if str(c).startswith("value_epoch_")), key=lambda c: int(c.split("_")[-1])
-        )
-        known = {"row", "id", "value", *epoch_cols}
-        traj = df[epoch_cols].to_numpy().T if epoch_cols else None
-        return cls(
-            values=df["value"].to_numpy(),
-            index=df["row"].to_numpy(),
-            ids=df["id"].to_numpy() if "id" in df.columns else None,
-            columns={c: df[c].to_numpy() for c in df.columns if c not in known},
-            trajectory=traj,
-        )
+        """Read values written by :meth:`save` (any of the three formats), validating the file.
+
+        Raises:
+            DataValuesFileError: A truncated file, a missing column, a row listed twice or a value
+                that is not a number (the message names which).
+        """
+        return read_values(path)
 
 
 def _import_pandas():
@@ -234,14 +248,12 @@ def _import_pandas():
     return pd
 
 
-def _write_csv(path: Path, data: Mapping[str, Sequence[Any]]) -> None:
-    """Plain CSV writer so .csv export works without pandas."""
-    import csv
+def _two_means_flags(values: np.ndarray) -> np.ndarray:
+    """The low 2-means cluster of the finite values; non-finite values are flagged too."""
+    from lightning_dv.metrics import two_means_split
 
-    names = list(data)
-    cols = [np.asarray(data[k]) for k in names]
-    with open(path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(names)
-        for i in range(len(cols[0]) if cols else 0):
-            w.writerow([c[i].item() if hasattr(c[i], "item") else c[i] for c in cols])
+    finite = np.isfinite(values)
+    flags = ~finite
+    if finite.sum() >= 2:
+        flags[finite] = two_means_split(values[finite]).numpy()
+    return flags

@@ -167,7 +167,7 @@ def test_detects_label_noise_on_digits_and_records_trajectories(split, tmp_path)
     assert mu.shape == (10,) and abs(float(mu.sum()) - 1) < 1e-5
     import pandas as pd
 
-    table = pd.read_csv(path)
+    table = pd.read_csv(path, skiprows=1)  # first line: the # lightning-dv header
     assert len(table) == 1000 and "nddv_state_costate" in table.columns
 
 

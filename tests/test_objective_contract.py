@@ -256,7 +256,7 @@ def test_ddp_two_processes_agree_and_export_every_row_once(method, tmp_path):
         for k in r0["state"]:
             torch.testing.assert_close(r0["state"][k], r1["state"][k], rtol=0, atol=0, msg=k)
         assert r0["global_step"] == 2 * math.ceil(51 / 8)  # 51 rows per rank, batch 8
-    df = pd.read_csv(tmp_path / "values.csv")
+    df = pd.read_csv(tmp_path / "values.csv", skiprows=1)  # first line: the # lightning-dv header
     assert sorted(df["row"].tolist()) == list(range(101))
     np.testing.assert_allclose(df.sort_values("row")["value"].to_numpy(), r0["values"].numpy(), rtol=1e-6)
     if r0["state"] is not None:  # visits summed over ranks: 2 epochs x (101 rows + the padded duplicate)
