@@ -67,7 +67,9 @@ def summary(df) -> str:
 def main() -> None:
     import pandas as pd
 
-    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_valuate", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_valuate", description=__doc__.splitlines()[0]
+    )
     p.add_argument("--out", default="valuate_runs.csv", help="CSV of every run (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
     args = p.parse_args()

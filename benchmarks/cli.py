@@ -10,11 +10,13 @@ from collections.abc import Sequence
 from benchmarks.protocol import DEFAULT_DATASETS, REMOVAL_FRACTIONS
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
     from benchmarks.registry import METHODS
+    from lightning_dv.cli import HelpFormatter
 
     p = argparse.ArgumentParser(
-        prog="python -m benchmarks",
+        prog=prog,
+        formatter_class=HelpFormatter,
         description=(
             "Run the OpenDataVal protocol: every method values the same noisy splits; writes runs.csv, "
             "summary.md and PNG plots. `python -m benchmarks overhead --help` for the "
@@ -33,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
         nargs="+",
         default=list(DEFAULT_DATASETS),
         metavar="NAME",
-        help=f"bundled classification datasets (default: {' '.join(DEFAULT_DATASETS)})",
+        help="bundled classification datasets",
     )
     p.add_argument(
         "--noise",
@@ -75,12 +77,13 @@ def _resolve_methods(names: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m benchmarks") -> int:
     """Entry point of ``python -m benchmarks`` (and ``lightning-dv bench``).
 
     Args:
         argv: Arguments without the program name (default: ``sys.argv[1:]``). A first argument
             ``overhead`` runs :func:`benchmarks.overhead.main` with the rest.
+        prog: Program name shown in usage and help (``lightning-dv bench`` from that command).
 
     Returns:
         Process exit code (0 on success, 1 when some run failed).
@@ -95,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from benchmarks.overhead import main as overhead_main
 
         return overhead_main(argv[1:])
-    args = _parser().parse_args(argv)
+    args = _parser(prog).parse_args(argv)
     from benchmarks.registry import METHODS
 
     if args.list:

@@ -15,6 +15,7 @@ from lightning_dv.metrics import (
     two_means_split,
 )
 from lightning_dv.mixin import DataValuationMixin
+from lightning_dv.valuate import valuate
 from lightning_dv.values import DataValues
 
 __all__ = [
@@ -41,5 +42,6 @@ __all__ = [
     "discovery_curve",
     "kmeans_f1",
     "two_means_split",
+    "valuate",
 ]
 __version__ = "0.1.0"

@@ -212,7 +212,9 @@ def as_feature_matrix(features: Any, name: str = "features") -> np.ndarray:
 
 
 def _numeric_dtype(dtype: Any) -> bool:
-    return np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+    return is_numeric_dtype(dtype) or is_bool_dtype(dtype)
 
 
 def as_label_vector(labels: Any, n: int, name: str = "labels") -> np.ndarray:
@@ -248,7 +250,7 @@ def check_rows(x: np.ndarray, classes: np.ndarray, codes: np.ndarray) -> None:
         raise InputError(f"only {len(x)} rows; valuing needs at least {MIN_ROWS}.")
     if len(classes) < 2:
         raise InputError(
-            f"every row has the same label ({classes[0]!r}): with a single class there is nothing to learn "
+            f"every row has the same label ({classes[0].item()!r}): with a single class there is nothing to learn "
             "and no label can be wrong. Check the label column."
         )
 

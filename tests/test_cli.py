@@ -54,3 +54,105 @@ def test_help_names_every_registered_method(capsys):
     out = capsys.readouterr().out
     for spec in registry.METHODS.values():
         assert spec.name in out and spec.description in out
+
+
+# -- lightning-dv value ----------------------------------------------------------------------------
+def _noisy_csv(path, n_per_class=40, flip=0.1, seed=0):
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    names = np.array(["cat", "dog", "=cow"])  # a formula-like class name must survive the round trip
+    centres = rng.normal(0, 3, (3, 4))
+    y = np.repeat(np.arange(3), n_per_class)
+    x = centres[y] + rng.normal(size=(len(y), 4))
+    flipped = rng.choice(len(y), int(flip * len(y)), replace=False)
+    y_noisy = y.copy()
+    y_noisy[flipped] = (y[flipped] + 1) % 3
+    df = pd.DataFrame(x, columns=["a", "b", "c", "d"])
+    df.insert(0, "key", [f"k{i}" for i in range(len(y))])
+    df["animal"] = names[y_noisy]
+    df.to_csv(path, index=False)
+    return df, flipped
+
+
+def test_value_end_to_end_on_a_csv_with_string_labels_and_ids(tmp_path, capsys):
+    from lightning_dv.metrics import detection_auroc
+
+    df, flipped = _noisy_csv(tmp_path / "data.csv")
+    out = tmp_path / "values.csv"
+    code = main(
+        [
+            "value",
+            str(tmp_path / "data.csv"),
+            "--label",
+            "animal",
+            "--id",
+            "key",
+            "--out",
+            str(out),
+            "--epochs",
+            "5",
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    text = capsys.readouterr().out
+    values = DataValues.load(out)
+    assert text.count("\n   ") >= 10 and "The 10 lowest-valued rows:" in text
+    assert f"Flagged {int(values.flagged.sum())} rows" in text
+    assert list(values.to_pandas().columns[:6]) == [
+        "row",
+        "id",
+        "value",
+        "flagged",
+        "label",
+        "predicted_label",
+    ]
+    assert values.method == "nddv" and values.metadata["label_column"] == "animal"
+    assert values.ids.tolist() == df["key"].tolist() and values.labels.tolist() == df["animal"].tolist()
+    assert set(values.columns["predicted_label"]) <= {"cat", "dog", "=cow"}
+    assert detection_auroc(values.values, flipped) > 0.8
+    assert values.flagged[flipped].mean() > 0.5
+
+
+@pytest.mark.parametrize(
+    ("edit", "args", "message"),
+    [
+        (None, ["--label", "species"], "--label 'species': no such column"),
+        (None, ["--label", "animal", "--id", "nope"], "--id 'nope': no such column"),
+        ("text", ["--label", "animal"], "not numeric: key, colour"),
+        ("few", ["--label", "animal", "--id", "key"], "only 5 rows"),
+        ("one_class", ["--label", "animal", "--id", "key"], "same label ('cat')"),
+    ],
+)
+def test_value_errors_name_the_problem(tmp_path, capsys, edit, args, message):
+    df, _ = _noisy_csv(tmp_path / "data.csv")
+    if edit == "text":
+        df["colour"] = "red"
+    elif edit == "few":
+        df = df.head(5)
+    elif edit == "one_class":
+        df["animal"] = "cat"
+    df.to_csv(tmp_path / "data.csv", index=False)
+    with pytest.raises(SystemExit) as exc:
+        main(["value", str(tmp_path / "data.csv"), *args, "--no-progress"])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_version_help_defaults_and_bench_program_name(capsys):
+    from lightning_dv import __version__
+
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"lightning-dv {__version__}"
+    for command in ("value", "demo"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "(default: 0)" in text  # --seed
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert text.startswith("usage: lightning-dv bench") and "(default: 3)" in text

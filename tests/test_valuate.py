@@ -1,0 +1,76 @@
+"""`lightning_dv.valuate`: one call on arrays, tensors or DataFrames, string labels, every method."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lightning_dv import valuate
+from lightning_dv.datasets import make_split
+from lightning_dv.metrics import detection_auroc
+from lightning_dv.valuate import InputError
+
+
+@pytest.fixture(scope="module")
+def noisy():
+    s = make_split("breast_cancer", noise=0.1, seed=3)
+    names = np.array(["benign", "malignant"])[s.y_train]
+    return s, names
+
+
+@pytest.mark.parametrize("method", ["nddv", "lossval", "complexity_gap", "ecoval"])
+def test_every_method_on_arrays_with_string_labels(noisy, method):
+    s, names = noisy
+    kwargs = {"epochs": 3} if method in ("nddv", "lossval") else {}
+    values = valuate(s.x_train, names, method=method, **kwargs)
+    assert values.method == method and len(values) == len(names)
+    assert values.index.tolist() == list(range(len(names)))
+    assert values.labels.tolist() == names.tolist()
+    assert values.flagged.dtype == bool and 0 < values.flagged.sum() < len(names) / 2
+    # LossVal needs its 30 epochs to detect well; three are enough to beat chance clearly
+    assert detection_auroc(values.values, s.noisy) > (0.65 if method == "lossval" else 0.85)
+    assert values.metadata["classes"] == ["benign", "malignant"]
+    if method in ("nddv", "lossval"):
+        assert set(values.columns["predicted_label"]) <= {"benign", "malignant"}
+        assert values.metadata["epochs"] == 3 and values.metadata["train_accuracy"] > 0.8
+    if method in ("lossval", "ecoval"):
+        assert "stratified 10%" in values.metadata["validation"]
+
+
+def test_dataframe_tensor_and_ids_give_the_same_values(noisy):
+    s, names = noisy
+    df = pd.DataFrame(s.x_train, columns=[f"f{i}" for i in range(s.x_train.shape[1])])
+    a = valuate(df, pd.Series(names), method="nddv", epochs=2, ids=[f"r{i}" for i in range(len(df))])
+    b = valuate(torch.from_numpy(s.x_train), names.tolist(), method="nddv", epochs=2)
+    np.testing.assert_allclose(a.values, b.values, atol=1e-4)
+    assert a.ids[0] == "r0" and b.ids is None
+
+
+def test_given_validation_is_used(noisy):
+    s, names = noisy
+    y_val = np.array(["benign", "malignant"])[s.y_valid]
+    values = valuate(s.x_train, names, method="lossval", validation=(s.x_valid, y_val), epochs=2)
+    assert values.metadata["validation"] == f"given ({len(y_val)} rows)"
+    with pytest.raises(InputError, match="'unknown', a class the training labels do not have"):
+        valuate(s.x_train, names, method="lossval", validation=(s.x_valid[:2], ["benign", "unknown"]))
+
+
+def test_bad_inputs_are_refused_before_training():
+    x = np.random.default_rng(0).normal(size=(30, 3))
+    y = np.array(["a", "b"] * 15)
+    with pytest.raises(InputError, match="not numeric: name"):
+        valuate(pd.DataFrame({"v": x[:, 0], "name": ["x"] * 30}), y)
+    x_nan = x.copy()
+    x_nan[[4, 7], 1] = np.nan
+    with pytest.raises(InputError, match="2 row\\(s\\): 4, 7"):
+        valuate(x_nan, y)
+    with pytest.raises(InputError, match="only 4 rows"):
+        valuate(x[:4], y[:4])
+    with pytest.raises(InputError, match="real numbers, not classes"):
+        valuate(x, np.linspace(0, 1, 30))
+    with pytest.raises(ValueError, match="`method='knn'` is not supported"):
+        valuate(x, y, method="knn")
+    with pytest.raises(ValueError, match="complexity_gap trains no model"):
+        valuate(x, y, method="complexity_gap", epochs=3)
