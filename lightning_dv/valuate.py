@@ -261,7 +261,7 @@ def _encode(y: np.ndarray, classes: np.ndarray) -> np.ndarray:
     unknown = classes[pos] != y
     if unknown.any():
         raise InputError(
-            f"the validation labels hold {y[unknown][0]!r}, a class the training labels do not have."
+            f"the validation labels hold {y[unknown][0].item()!r}, a class the training labels do not have."
         )
     return pos.astype(np.int64)
 
