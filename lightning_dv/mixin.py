@@ -32,6 +32,23 @@ class DataValuationMixin:
 
     _dv_warned_no_callback: bool = False
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Put the valuation state (kept outside the model's ``state_dict``) back before resuming.
+
+        A :class:`~lightning_dv.DataValuation` callback stores its ``dv_state.*`` tensors in the
+        checkpoint next to the model's weights, not among them, so ``Model.load_from_checkpoint``
+        loads strictly without the callback. When a fit resumes with ``ckpt_path=``, this hook
+        returns them to the ``state_dict`` Lightning is about to restore. If you override
+        ``on_load_checkpoint``, call ``super().on_load_checkpoint(checkpoint)``.
+        """
+        from lightning_dv.callbacks.checkpoint import STATE_ATTR, relocate_state_in
+
+        state = getattr(self, STATE_ATTR, None)
+        relocate_state_in(checkpoint, None if state is None else state.state_dict())
+        parent = getattr(super(), "on_load_checkpoint", None)
+        if parent is not None:
+            parent(checkpoint)
+
     def valuation_loss(
         self,
         per_sample_loss: Tensor,

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_dv._validation import check_choice
+from lightning_dv.callbacks.checkpoint import STATE_ATTR, relocate_state_out
 from lightning_dv.callbacks.guards import (
     NO_BATCH_MESSAGE,
     NO_CALL_MESSAGE,
@@ -43,9 +44,6 @@ from lightning_dv.methods.base import (
     WholeSetMethod,
 )
 from lightning_dv.values import DataValues
-
-#: Attribute under which the objective's learnable state is registered on the LightningModule.
-STATE_ATTR = "dv_state"
 
 
 class DataValuation(Callback):
@@ -468,6 +466,15 @@ class DataValuation(Callback):
         return self._values
 
     # -- checkpointing ---------------------------------------------------------------------------
+    @override
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # The valuation state is the callback's, not the model's: move it out of the model's
+        # state_dict so a plain, strict `Model.load_from_checkpoint(path)` works. The mixin's
+        # `on_load_checkpoint` puts it back before Lightning restores the model on resume.
+        relocate_state_out(checkpoint)
+
     @override
     def state_dict(self) -> dict[str, Any]:
         return {
