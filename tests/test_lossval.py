@@ -83,17 +83,17 @@ def test_other_loggers_get_scalars_and_one_warning(tmp_path, small):
     assert metrics["data_values/lossval/mean"].notna().sum() == 2
 
 
-def test_plain_load_from_checkpoint_with_strict_false(tmp_path, small):
+def test_plain_load_from_checkpoint_is_strict(tmp_path, small):
     ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True)
     seeded(0)
     model = MLP(small.x_train.shape[1], small.num_classes)
     cb = DataValuation(LossVal(validation=(small.x_valid, small.y_valid)))
     trainer = L.Trainer(max_epochs=1, callbacks=[cb, ckpt], **trainer_kwargs(enable_checkpointing=True))
     trainer.fit(model, loader(small.x_train, small.y_train))
-    loaded = MLP.load_from_checkpoint(tmp_path / "last.ckpt", strict=False)
+    loaded = MLP.load_from_checkpoint(tmp_path / "last.ckpt")
     torch.testing.assert_close(loaded.net[0].weight, model.net[0].weight)
-    sd = torch.load(tmp_path / "last.ckpt", weights_only=False)["state_dict"]
-    torch.testing.assert_close(sd["dv_state.weights.raw"], model.dv_state.weights.raw)
+    dv_state = torch.load(tmp_path / "last.ckpt", weights_only=False)["lightning_dv_state"]
+    torch.testing.assert_close(dv_state["weights.raw"], model.dv_state.weights.raw)
 
 
 @pytest.mark.parametrize("precision", ["bf16-mixed"])  # bf16-true: tests/test_objective_contract.py
