@@ -32,8 +32,16 @@ from lightning_dv.callbacks.guards import (
     never_seen_message,
 )
 from lightning_dv.callbacks.model_loss import MODEL_LOSSES, returned_loss, step_unscaled
-from lightning_dv.callbacks.reporting import as_noisy_mask, export_values, log_trajectory_figure, log_values
+from lightning_dv.callbacks.reporting import (
+    as_noisy_mask,
+    export_values,
+    log_lowest_rows,
+    log_trajectory_figure,
+    log_values,
+    per_class_scalars,
+)
 from lightning_dv.data import IndexedDataset
+from lightning_dv.distributed import all_reduce_max
 from lightning_dv.io import check_export_path, check_export_suffix
 from lightning_dv.methods import registry
 from lightning_dv.methods.base import (
@@ -72,6 +80,13 @@ class DataValuation(Callback):
             ``default_model_loss``, ``"plain"`` for every built-in one): ``"plain"`` (bit-identical
             to a plain fit), ``"reweight"`` (the learned weights, normalised) or ``"objective"``
             (the method's formula); see :mod:`lightning_dv.callbacks.model_loss`.
+        log_lowest_every_n_epochs: Also show the lowest rows (below) every this many epochs;
+            None: at the end of fit only.
+        num_lowest: How many of the lowest rows TensorBoard shows at the end of fit: a grid of
+            the images (tag ``<prefix>/lowest_images``) when the inputs are image-shaped, else a
+            text table with their labels (``<prefix>/lowest_rows``). Labels seen in
+            ``valuation_loss(targets=...)`` also give per-class scalars
+            (``<prefix>/class_<c>/mean`` and ``/flagged``) and ``values.labels``.
 
     Example:
         >>> import torch
@@ -92,6 +107,8 @@ class DataValuation(Callback):
         check_inputs: bool = True,
         prefix: str = "data_values",
         model_loss: str | None = None,
+        log_lowest_every_n_epochs: int | None = None,
+        num_lowest: int = 16,
     ) -> None:
         if not isinstance(objective, ValuationObjective):
             hint = (
@@ -116,6 +133,15 @@ class DataValuation(Callback):
                 f"`model_loss='reweight'` needs per-row weights from the objective, and "
                 f"{type(objective).__name__} provides none: use model_loss='plain' (the default)."
             )
+        if log_lowest_every_n_epochs is not None and log_lowest_every_n_epochs < 1:
+            raise ValueError(
+                f"`log_lowest_every_n_epochs` must be >= 1 or None; got {log_lowest_every_n_epochs}."
+            )
+        if num_lowest < 1:
+            raise ValueError(f"`num_lowest` must be >= 1; got {num_lowest}.")
+        self.log_lowest_every_n_epochs = log_lowest_every_n_epochs
+        self.num_lowest = num_lowest
+        self._labels: Tensor | None = None
         self.objective = objective
         self.export_path = export_path
         self.num_samples = num_samples
@@ -279,6 +305,7 @@ class DataValuation(Callback):
         else:
             self._visits.synced = self._visits.synced.to(pl_module.device)
             self._visits.local = self._visits.local.to(pl_module.device)
+        self._labels = torch.full((self.num_samples,), -1, dtype=torch.long, device=pl_module.device)
         if self._stashed is not None:
             self._apply_state(self._stashed)
             self._stashed = None
@@ -332,6 +359,9 @@ class DataValuation(Callback):
         # Out-of-range rows are reported by check_step_values after the single host sync; the
         # objective sees them clamped so it cannot fail first with an indexing error.
         safe = idx.clamp(0, n - 1) if self.check_inputs else idx
+        if self._labels is not None and isinstance(targets, Tensor) and targets.ndim == 1:
+            if not targets.is_floating_point() and targets.shape == idx.shape:
+                self._labels[safe] = targets.detach().to(self._labels.device).long()
         if self.model_loss == "objective":
             step = ValuationStep(per_sample_loss, safe, inputs, outputs, targets, pl_module)
         else:
@@ -384,6 +414,14 @@ class DataValuation(Callback):
         epoch = trainer.current_epoch
         if (epoch + 1) % self.log_every_n_epochs == 0 and not trainer.sanity_checking:
             log_values(trainer, values, step=epoch, prefix=self.prefix, noisy=self._noisy_mask)
+            labels = self._known_labels()
+            if labels is not None and trainer.is_global_zero:
+                for logger in trainer.loggers:
+                    logger.log_metrics(per_class_scalars(values, labels, self.prefix), step=epoch)
+        n = self.log_lowest_every_n_epochs
+        if n is not None and (epoch + 1) % n == 0 and not trainer.sanity_checking:
+            values_now = self._build_values(pl_module)
+            log_lowest_rows(trainer, values_now, step=epoch, prefix=self.prefix, k=self.num_lowest)
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -396,6 +434,9 @@ class DataValuation(Callback):
         self._values = values
         if trainer.is_global_zero:
             log_trajectory_figure(trainer, values, self.prefix, trainer.current_epoch)
+            log_lowest_rows(
+                trainer, values, step=trainer.current_epoch, prefix=self.prefix, k=self.num_lowest
+            )
         if self.export_path is not None:
             export_values(trainer, values, self.export_path)
 
@@ -441,7 +482,9 @@ class DataValuation(Callback):
         if self._visits is not None:
             extra["visits"] = self._visits.total().cpu()
         traj = torch.stack(self._trajectory) if self.record_trajectory and self._trajectory else None
+        labels = self._known_labels(sync=partial is None)  # no collective after an interrupt
         return DataValues(
+            labels=None if labels is None or (labels < 0).any() else labels.numpy(),
             values=values,
             method=self.objective.name,
             ids=self.ids,
@@ -464,6 +507,16 @@ class DataValuation(Callback):
         if self._values is None:
             raise RuntimeError("no values yet: call `trainer.fit(...)` with this callback first.")
         return self._values
+
+    def _known_labels(self, sync: bool = True) -> Tensor | None:
+        """The integer labels seen so far (-1: not seen), or None if none were given.
+
+        ``sync``: merge the ranks' labels (a collective every rank must call); otherwise this rank's.
+        """
+        if self._labels is None:
+            return None
+        labels = (all_reduce_max(self._labels) if sync else self._labels).cpu()
+        return labels if bool((labels >= 0).any()) else None
 
     # -- checkpointing ---------------------------------------------------------------------------
     @override

@@ -168,3 +168,124 @@ def as_noisy_mask(noisy, num_rows: int) -> Tensor | None:
     from lightning_dv.metrics import noisy_mask
 
     return noisy_mask(np.asarray(noisy.cpu() if isinstance(noisy, torch.Tensor) else noisy), num_rows)
+
+
+# -- the lowest rows themselves and per-class summaries ---------------------------------------------
+def is_image_shaped(shape: tuple[int, ...]) -> bool:
+    """Whether one input of this shape is an image: ``(H, W)`` or ``(C, H, W)`` with C in 1, 3, 4.
+
+    Example:
+        >>> is_image_shaped((3, 32, 32)), is_image_shaped((28, 28)), is_image_shaped((64,))
+        (True, True, False)
+    """
+    if len(shape) == 2:
+        return min(shape) >= 4
+    return len(shape) == 3 and shape[0] in (1, 3, 4) and min(shape[1:]) >= 4
+
+
+def image_grid(images: Tensor, ncol: int = 8, pad: int = 2) -> Tensor:
+    """Tile ``(k, C, H, W)`` (or ``(k, H, W)``) images into one ``(C, H', W')`` grid in [0, 1].
+
+    Every image is min-max scaled on its own, so normalised inputs stay visible.
+
+    Example:
+        >>> image_grid(torch.rand(5, 1, 4, 4), ncol=4).shape
+        torch.Size([1, 14, 26])
+    """
+    x = images.detach().float().cpu()
+    if x.ndim == 3:
+        x = x[:, None]
+    k, c, h, w = x.shape
+    flat = x.reshape(k, -1)
+    lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+    x = ((flat - lo) / (hi - lo).clamp_min(1e-12)).reshape(k, c, h, w)
+    ncol = min(ncol, k)
+    nrow = (k + ncol - 1) // ncol
+    grid = torch.ones(c, nrow * (h + pad) + pad, ncol * (w + pad) + pad)
+    for i in range(k):
+        r, q = divmod(i, ncol)
+        top, left = pad + r * (h + pad), pad + q * (w + pad)
+        grid[:, top : top + h, left : left + w] = x[i]
+    return grid
+
+
+def lowest_rows_markdown(values: DataValues, k: int = 10) -> str:
+    """A markdown table of the ``k`` lowest rows (row, id, label, value, flagged) for TensorBoard's text tab.
+
+    Example:
+        >>> from lightning_dv.values import DataValues
+        >>> print(lowest_rows_markdown(DataValues([2.0, -1.0], labels=[0, 1]), k=1))
+        | row | label | value | flagged |
+        |---|---|---|---|
+        | 1 | 1 | -1.0000 | yes |
+    """
+    low = values.lowest(k)
+    head = ["row"] + (["id"] if low.ids is not None else []) + (["label"] if low.labels is not None else [])
+    lines = ["| " + " | ".join([*head, "value", "flagged"]) + " |", "|---" * (len(head) + 2) + "|"]
+    for j in range(len(low)):
+        cells = [str(low.index[j])]
+        if low.ids is not None:
+            cells.append(str(low.ids[j]))
+        if low.labels is not None:
+            cells.append(str(low.labels[j]))
+        cells += [f"{low.values[j]:.4f}", "yes" if low.flagged[j] else "no"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def per_class_scalars(values: Tensor, labels: Tensor, prefix: str) -> dict[str, float]:
+    """Mean value and share flagged (2-means) of every class: ``{prefix}/class_<c>/mean`` and ``.../flagged``.
+
+    Rows with label ``-1`` (never seen) are left out.
+
+    Example:
+        >>> s = per_class_scalars(torch.tensor([0.0, 1.0, 5.0]), torch.tensor([0, 0, 1]), "dv")
+        >>> s["dv/class_0/mean"], s["dv/class_1/mean"]
+        (0.5, 5.0)
+    """
+    from lightning_dv.metrics import two_means_split
+
+    v, y = values.detach().double().cpu(), labels.detach().long().cpu()
+    known = y >= 0
+    flags = torch.zeros_like(known)
+    if known.sum() >= 2:
+        flags[known] = two_means_split(v[known])
+    out = {}
+    for c in torch.unique(y[known]).tolist():
+        m = y == c
+        out[f"{prefix}/class_{c}/mean"] = float(v[m].mean())
+        out[f"{prefix}/class_{c}/flagged"] = float(flags[m].double().mean())
+    return out
+
+
+def lowest_inputs(trainer: pl.Trainer, rows: np.ndarray) -> Tensor | None:
+    """The inputs of ``rows`` read from the train dataset (items ``(row, x, ...)``), or None if unreadable."""
+    dataset = getattr(trainer.train_dataloader, "dataset", None)
+    try:
+        items = [dataset[int(r)] for r in rows]
+        return torch.stack([torch.as_tensor(it[1]) for it in items])
+    except Exception:  # noqa: BLE001 - a dataset we cannot read simply gets the text table
+        return None
+
+
+@rank_zero_only
+def log_lowest_rows(trainer: pl.Trainer, values: DataValues, step: int, prefix: str, k: int = 16) -> None:
+    """Show the ``k`` lowest-valued rows in TensorBoard.
+
+    Image-shaped inputs (read back from the train dataset) give a grid ``{prefix}/lowest_images``,
+    lowest first, with the rows and labels in the text ``{prefix}/lowest_images_rows``; other
+    inputs give a markdown table ``{prefix}/lowest_rows`` of row, id, label, value, flagged.
+    """
+    loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+    if not loggers:
+        return
+    low = values.lowest(k)
+    inputs = lowest_inputs(trainer, low.index)
+    images = inputs is not None and is_image_shaped(tuple(inputs.shape[1:]))
+    for logger in loggers:
+        if images:
+            logger.experiment.add_image(f"{prefix}/lowest_images", image_grid(inputs), global_step=step)
+            logger.experiment.add_text(f"{prefix}/lowest_images_rows", lowest_rows_markdown(values, k), step)
+        else:
+            logger.experiment.add_text(f"{prefix}/lowest_rows", lowest_rows_markdown(values, k), step)
+        logger.experiment.flush()
