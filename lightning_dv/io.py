@@ -8,6 +8,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 SUPPORTED_SUFFIXES = (".csv", ".parquet", ".npz")
 
@@ -175,3 +176,79 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         tmp.unlink(missing_ok=True)
         raise
     return final
+
+
+#: File types :func:`load_if_path` reads.
+ARRAY_SUFFIXES = (".pt", ".npz", ".csv")
+#: Names of the label column / array / key in those files, first match wins.
+LABEL_NAMES = ("y", "label", "labels", "target", "targets")
+
+
+def load_if_path(value: Any, argument: str = "validation") -> Any:
+    """Load a data set given as a file path (e.g. from a LightningCLI YAML); anything else is returned as is.
+
+    - ``.pt``: ``torch.save`` of a tensor, a pair ``(x, y)`` or a dict with ``x`` and a label key;
+    - ``.npz``: arrays ``x`` and a label array (or a single array of inputs);
+    - ``.csv``: one row per sample; a column named ``y``, ``label``, ``labels``, ``target`` or
+      ``targets`` is the label, every other column a feature.
+
+    Returns the inputs as a tensor, or ``(x, y)`` when the file holds labels.
+
+    Example:
+        >>> import tempfile, pathlib, torch
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "valid.pt"
+        >>> torch.save((torch.zeros(3, 2), torch.tensor([0, 1, 0])), p)
+        >>> x, y = load_if_path(str(p))
+        >>> tuple(x.shape), y.tolist()
+        ((3, 2), [0, 1, 0])
+        >>> load_if_path([1, 2])
+        [1, 2]
+    """
+    if not isinstance(value, (str, os.PathLike)):
+        return value
+    import numpy as np
+    import torch
+
+    p = Path(value)
+    suffix = p.suffix.lower()
+    if suffix not in ARRAY_SUFFIXES:
+        raise ValueError(
+            f"`{argument}={str(value)!r}`: a data file must end in one of {', '.join(ARRAY_SUFFIXES)}; "
+            f"got {p.suffix!r}."
+        )
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"`{argument}={str(value)!r}`: no such file (relative paths start at {os.getcwd()})."
+        )
+    if suffix == ".pt":
+        data = torch.load(p, map_location="cpu", weights_only=True)
+        if isinstance(data, dict):
+            data = _pair(data, p, argument)
+        elif isinstance(data, list):
+            data = tuple(data)
+        return data
+    if suffix == ".npz":
+        with np.load(p, allow_pickle=False) as z:
+            arrays = {k: torch.from_numpy(z[k]) for k in z.files}
+        return next(iter(arrays.values())) if len(arrays) == 1 else _pair(arrays, p, argument)
+    import pandas as pd
+
+    df = pd.read_csv(p)
+    label = next((c for c in LABEL_NAMES if c in df.columns), None)
+    features = df.drop(columns=[label] if label else [])
+    bad = [str(c) for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
+    if bad:
+        raise ValueError(f"`{argument}={str(value)!r}`: non-numeric feature column(s) {', '.join(bad)}.")
+    x = torch.as_tensor(features.to_numpy(dtype=np.float32))
+    return x if label is None else (x, torch.as_tensor(df[label].to_numpy()))
+
+
+def _pair(data: dict[str, Any], p: Path, argument: str) -> tuple[Any, Any]:
+    label = next((k for k in LABEL_NAMES if k in data), None)
+    x_key = next((k for k in ("x", "inputs", "features") if k in data), None)
+    if x_key is None or label is None:
+        raise ValueError(
+            f"`{argument}={str(p)!r}` holds the keys {', '.join(map(str, data))}; expected 'x' and one of "
+            f"{', '.join(LABEL_NAMES)}."
+        )
+    return data[x_key], data[label]

@@ -77,7 +77,11 @@ class DataValuationMixin:
             found = [c for c in trainer.callbacks if isinstance(c, DataValuation)]
             callback = found[0] if found else None
         if callback is None:
-            if not self._dv_warned_no_callback:
+            # a whole-set callback (complexity gap, EcoVal) values the data without this loss
+            whole_set = trainer is not None and any(
+                type(c).__module__.startswith("lightning_dv.") for c in trainer.callbacks
+            )
+            if not self._dv_warned_no_callback and not whole_set:
                 type(self)._dv_warned_no_callback = True
                 rank_zero_warn(
                     "valuation_loss() was called but the Trainer has no DataValuation callback: training with "

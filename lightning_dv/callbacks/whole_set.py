@@ -22,7 +22,7 @@ from typing_extensions import override
 
 from lightning_dv.callbacks.collect import TrainingRows, collect_training_rows
 from lightning_dv.callbacks.reporting import as_noisy_mask, publish
-from lightning_dv.io import check_export_path, check_export_suffix
+from lightning_dv.io import check_export_path, check_export_suffix, load_if_path
 from lightning_dv.methods import registry
 from lightning_dv.methods.base import ValuationObjective, WholeSetMethod
 from lightning_dv.methods.complexity_gap import ComplexityGap
@@ -227,7 +227,8 @@ class EcoValValuation(WholeSetValuation):
 
     Args:
         ecoval: A configured :class:`~lightning_dv.EcoVal` with the built-in ``"logistic"`` utility model.
-        validation: ``(x_valid, y_valid)`` on which the utility is measured.
+        validation: ``(x_valid, y_valid)`` on which the utility is measured, or a .pt / .npz / .csv
+            file holding them (:func:`~lightning_dv.io.load_if_path`).
         export_path: Optional .csv / .parquet / .npz path.
         known_noisy: Optional known-noisy rows for detection F1 / AUROC in the logs.
         prefix: Tag prefix of the logged data.
@@ -241,7 +242,7 @@ class EcoValValuation(WholeSetValuation):
     def __init__(
         self,
         ecoval: EcoVal,
-        validation: tuple[Any, Any],
+        validation: tuple[Any, Any] | str,
         export_path: str | os.PathLike | None = None,
         known_noisy: Any = None,
         prefix: str = "data_values/ecoval",
@@ -253,6 +254,7 @@ class EcoValValuation(WholeSetValuation):
                 "EcoValValuation runs inside a Trainer and supports the built-in 'logistic' utility "
                 "model only; call EcoVal(...).fit(...) outside training to use a LightningModule factory."
             )
+        validation = load_if_path(validation, "validation")  # a .pt / .npz / .csv path, e.g. from YAML
         if not (isinstance(validation, (tuple, list)) and len(validation) == 2):
             raise TypeError("`validation` must be a pair (x_valid, y_valid).")
         super().__init__(

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from lightning_dv._validation import check_choice, check_finite_rows, check_validation_container
 from lightning_dv.distributed import all_reduce_max
+from lightning_dv.io import load_if_path
 from lightning_dv.methods.base import ValuationObjective, ValuationState, ValuationStep
 from lightning_dv.methods.lossval.ot import CachedSinkhornDivergence, bounding_diameter
 from lightning_dv.methods.weights import CONSTRAINTS, SampleWeights
@@ -315,6 +316,7 @@ def _validation_from_trainer(trainer: pl.Trainer) -> Tensor:
 
 def _validation_inputs(validation: Any) -> Tensor:
     """Normalise the ``validation=`` argument to a tensor of inputs."""
+    validation = load_if_path(validation, "validation")  # a .pt / .npz / .csv path, e.g. from a YAML config
     check_validation_container(validation)
     if isinstance(validation, (tuple, list)) and len(validation) in (1, 2) and not np.isscalar(validation[0]):
         validation = validation[0]

@@ -22,6 +22,7 @@ from torch.func import functional_call
 
 from lightning_dv._validation import check_finite_rows
 from lightning_dv.distributed import all_reduce_sum, is_distributed
+from lightning_dv.io import load_if_path
 from lightning_dv.methods.base import ValuationStep
 
 if TYPE_CHECKING:
@@ -166,6 +167,7 @@ def default_meta_loss(outputs: Tensor, targets: Tensor) -> Tensor:
 
 def meta_tensors(meta: Any) -> tuple[Tensor, Tensor]:
     """Check and normalise the ``meta=(x_meta, y_meta)`` argument."""
+    meta = load_if_path(meta, "meta")  # a .pt / .npz / .csv path, e.g. from a YAML config
     if not isinstance(meta, (tuple, list)) or len(meta) != 2:
         raise TypeError(f"`meta` must be a pair (x_meta, y_meta); got {type(meta).__name__}.")
     x, y = (torch.as_tensor(np.asarray(t)) if not isinstance(t, Tensor) else t for t in meta)

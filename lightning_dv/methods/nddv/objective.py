@@ -92,7 +92,7 @@ class NDDV(MetaWeighting, ValuationObjective):
     def __init__(
         self,
         weighting: str = "softplus",
-        meta: tuple[Any, Any] | None = None,
+        meta: tuple[Any, Any] | str | None = None,
         interaction: float = 1.0,
         calibration: str = "robust",
         aggregate: str = "mean",
