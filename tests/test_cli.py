@@ -23,6 +23,7 @@ def test_demo_writes_values_picture_and_tensorboard_and_reports(tmp_path, capsys
     values_file = next(p for p in tmp_path.iterdir() if p.name.startswith("values.") and p.suffix != ".png")
     values = DataValues.load(values_file)
     assert len(values) == 1000 and values.trajectory.shape == (2, 1000)
+    assert values.labels is not None and values.method == "lossval"  # the table can be rebuilt from the file
     png = tmp_path / "values_2d.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     run_dir = next((tmp_path / "runs" / "demo").iterdir())
