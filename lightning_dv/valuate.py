@@ -91,7 +91,7 @@ def valuate(
         >>> names = np.array(["setosa", "versicolor", "virginica"])[y]
         >>> names[:5] = "virginica"  # five wrong labels
         >>> values = valuate(x, names, method="complexity_gap")
-        >>> bool(values.flagged[:5].all()), values.labels[0]
+        >>> bool(values.flagged[:5].all()), str(values.labels[0])
         (True, 'virginica')
     """
     if method not in METHODS:
