@@ -56,13 +56,9 @@ def test_a_plain_checkpoint_can_be_fine_tuned_with_valuation(tmp_path):
     s = digits_split(n_train=200)
     seeded(0)
     plain = L.Trainer(max_epochs=1, **trainer_kwargs())
-    plain.fit(
-        MLP(
-            s.x_train.shape[1],
-            s.num_classes,
-        ),
-        loader(s.x_train, s.y_train),
-    )
+    model = MLP(s.x_train.shape[1], s.num_classes)
+    model.valuate = False  # a plain fit: the mean loss, no valuation
+    plain.fit(model, loader(s.x_train, s.y_train))
     plain.save_checkpoint(tmp_path / "plain.ckpt")
     cb = DataValuation(NDDV())
     trainer = L.Trainer(max_epochs=2, callbacks=[cb], **trainer_kwargs())
