@@ -160,6 +160,14 @@ def run_value(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     feature_columns = [c for c in table.columns if c not in (args.label, args.id)]
     if not feature_columns:
         return fail(f"{args.data} has no feature columns besides --label (and --id).")
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+    text = [str(c) for c in feature_columns if not (is_numeric_dtype(table[c]) or is_bool_dtype(table[c]))]
+    if text:
+        return fail(
+            f"{len(text)} feature column(s) are not numeric: {', '.join(text)}. Every column except --label "
+            "and --id is a feature: encode them as numbers, drop them from the file, or name an id column with --id."
+        )
     ids = None if args.id is None else table[args.id].to_numpy()
     print(
         f"{args.data}: {len(table)} rows, {len(feature_columns)} feature columns, label column {args.label!r}; "

@@ -52,8 +52,9 @@ def valuate(
     needs no training; ``"ecoval"`` trains its own small models on cluster subsets.
 
     The default is NDDV (softplus weights, 10 epochs): on the bundled datasets with 10% flipped
-    labels it flagged the flipped rows best of the four at a cost of about a second per thousand
-    rows, and it needs no validation set (figures and command: docs/valuate.md).
+    labels it flagged the flipped rows best of the four (flagged-F1 0.711, AUROC 0.967 on the
+    reported seeds; LossVal 0.641 / 0.948) in about 1.5 s per call at up to 1000 rows on CPU, and
+    it needs no validation set (figures and command: docs/valuate.md).
 
     Validation (LossVal, EcoVal): with ``validation=None``, LossVal's optimal-transport term,
     which compares FEATURES only, uses a stratified ``validation_fraction`` sample of the training
@@ -69,7 +70,8 @@ def valuate(
         method: ``"nddv"`` (default), ``"lossval"``, ``"complexity_gap"`` or ``"ecoval"``.
         validation: Optional clean ``(x_val, y_val)``, labels in the same classes.
         epochs: Training epochs (default: 10 for NDDV, 30 for LossVal as in the paper).
-        seed: Seed of the model, the loader order and the held-out split.
+        seed: Seed of the model, the loader order and the held-out split (training-time methods
+            call ``lightning.seed_everything(seed)``, which seeds the global generators).
         ids: Optional id per row, kept in the result.
         validation_fraction: Share of rows used as validation when ``validation`` is None.
         standardize: Scale every feature to zero mean and unit variance first (statistics of the
@@ -188,7 +190,7 @@ def as_feature_matrix(features: Any, name: str = "features") -> np.ndarray:
         bad = [str(c) for c in features.columns if not _numeric_dtype(features[c].dtype)]
         if bad:
             raise InputError(
-                f"{len(bad)} {name} column(s) are not numeric: {', '.join(bad)}. Encode them as numbers "
+                f"{len(bad)} column(s) of the {name} are not numeric: {', '.join(bad)}. Encode them as numbers "
                 "(e.g. one-hot with pandas.get_dummies), or drop them."
             )
         features = features.to_numpy(dtype=np.float64)

@@ -157,3 +157,27 @@ def test_version_help_defaults_and_bench_program_name(capsys):
         main(["bench", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert text.startswith("usage: lightning-dv bench") and "(default: 3)" in text
+
+
+def test_value_reads_parquet_and_writes_npz(tmp_path, capsys):
+    import pandas as pd
+
+    df, _ = _noisy_csv(tmp_path / "data.csv")
+    df.to_parquet(tmp_path / "data.parquet")
+    out = tmp_path / "v.npz"
+    args = [
+        "value",
+        str(tmp_path / "data.parquet"),
+        "--label",
+        "animal",
+        "--id",
+        "key",
+        "--method",
+        "complexity_gap",
+    ]
+    assert main([*args, "--out", str(out), "--no-progress"]) == 0
+    values = DataValues.load(out)
+    assert values.method == "complexity_gap" and values.labels.tolist() == df["animal"].tolist()
+    assert values.ids.tolist() == df["key"].tolist() and "predicted_label" not in values.columns
+    assert main(args + ["--no-progress"]) == 0  # default output next to the input
+    assert len(pd.read_csv(tmp_path / "data_values.csv", skiprows=1)) == len(df)
