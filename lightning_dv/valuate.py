@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 import time
-import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
+from lightning_dv.progress import quiet_lightning
 from lightning_dv.values import DataValues
 
 #: Methods ``valuate`` runs, with their default number of epochs (None: training-free).
@@ -140,7 +138,7 @@ def valuate(
         x_val = None if x_val is None else ((x_val - mu) / sd).astype(np.float32)
     start = time.perf_counter()
     meta: dict[str, Any] = {"classes": classes.tolist(), "seed": seed, "standardized": standardize}
-    with quiet_lightning():
+    with quiet_lightning(".*LeafSpec.*"):
         if METHODS[method] is not None:
             epochs = epochs or METHODS[method]
             meta.update(epochs=epochs, model=f"MLPClassifier(hidden={hidden}, lr={lr}), batch {batch_size}")
@@ -375,9 +373,9 @@ def _train(
 def _complexity_gap(x, codes, seed, progress, meta, kwargs) -> DataValues:
     from lightning_dv.methods.complexity_gap import complexity_gap
 
-    bar = _ProgressBar("complexity gap") if progress else None
+    kwargs = {"progress": progress, **kwargs}
     try:
-        return complexity_gap(x, codes, seed=seed, progress=bar, **kwargs)
+        return complexity_gap(x, codes, seed=seed, **kwargs)
     except ValueError as err:
         # Identical rows with different labels have an infinite gap at ridge 0; the function's own
         # message recommends a small ridge, which is what a one-call user wants.
@@ -385,10 +383,7 @@ def _complexity_gap(x, codes, seed, progress, meta, kwargs) -> DataValues:
             raise
         meta["ridge"] = 1e-3
         meta["ridge_reason"] = "identical rows with different labels"
-        return complexity_gap(x, codes, seed=seed, progress=bar, ridge=1e-3, **kwargs)
-    finally:
-        if bar is not None:
-            bar.close()
+        return complexity_gap(x, codes, seed=seed, ridge=1e-3, **kwargs)
 
 
 def _ecoval(x, codes, x_val, y_val, seed, fraction, meta, kwargs) -> DataValues:
@@ -417,42 +412,3 @@ def _ecoval(x, codes, x_val, y_val, seed, fraction, meta, kwargs) -> DataValues:
     held_out[part] = True
     cols["held_out"] = held_out
     return DataValues(values, method="ecoval", columns=cols, metadata=fitted.metadata)
-
-
-class _ProgressBar:
-    """A tqdm bar driven by ``progress(done, total, description)`` calls."""
-
-    def __init__(self, desc: str) -> None:
-        from tqdm.auto import tqdm
-
-        self._tqdm, self._bar, self.desc = tqdm, None, desc
-
-    def __call__(self, done: int, total: int, description: str = "") -> None:
-        if self._bar is None:
-            self._bar = self._tqdm(total=total, desc=self.desc, leave=False)
-        self._bar.n = done
-        self._bar.set_postfix_str(description[:40], refresh=True)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
-@contextmanager
-def quiet_lightning() -> Iterator[None]:
-    """Silence Lightning's per-fit banners and small-data hints (valuate's fits are internal)."""
-    logger = logging.getLogger("lightning.pytorch")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            for msg in (
-                ".*does not have many workers.*",
-                ".*number of training batches.*",
-                ".*GPU available but not used.*",
-                ".*LeafSpec.*",
-            ):
-                warnings.filterwarnings("ignore", message=msg)
-            yield
-    finally:
-        logger.setLevel(level)
