@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from lightning_dv.data import IndexedDataset
-from lightning_dv.distributed import gather_rows
+from lightning_dv.distributed import all_reduce_max, gather_rows
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -113,3 +113,31 @@ def collect_training_rows(
         num_rows=num_rows,
         ids=None if dataset_ids is None else np.asarray(dataset_ids)[seen_cpu.numpy()],
     )
+
+
+class RowLabels:
+    """The integer class label of every training row, recorded from the steps' ``targets`` during fit.
+
+    Rows not seen yet hold ``-1``. Recording is one scatter on the device per step (no host sync);
+    :meth:`merged` combines the ranks' records with one all-reduce (max, as every label is >= 0).
+
+    Example:
+        >>> labels = RowLabels(4, torch.device("cpu"))
+        >>> labels.record(torch.tensor([2, 0]), torch.tensor([1, 3]))
+        >>> labels.merged().tolist()
+        [3, -1, 1, -1]
+    """
+
+    def __init__(self, num_rows: int, device: torch.device) -> None:
+        self.labels = torch.full((num_rows,), -1, dtype=torch.long, device=device)
+
+    def record(self, idx: Tensor, targets: object) -> None:
+        """Keep ``targets`` when they are one integer class label per row of ``idx`` (else ignore them)."""
+        if isinstance(targets, Tensor) and targets.ndim == 1 and targets.shape == idx.shape:
+            if not targets.is_floating_point():
+                self.labels[idx] = targets.detach().to(self.labels.device).long()
+
+    def merged(self, sync: bool = True) -> Tensor | None:
+        """Labels on CPU, merged over ranks (``sync``: a collective every rank must call), or None if none."""
+        labels = (all_reduce_max(self.labels) if sync else self.labels).cpu()
+        return labels if bool((labels >= 0).any()) else None

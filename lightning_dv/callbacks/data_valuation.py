@@ -19,6 +19,7 @@ from typing_extensions import override
 
 from lightning_dv._validation import check_choice
 from lightning_dv.callbacks.checkpoint import STATE_ATTR, relocate_state_out
+from lightning_dv.callbacks.collect import RowLabels
 from lightning_dv.callbacks.guards import (
     NO_BATCH_MESSAGE,
     NO_CALL_MESSAGE,
@@ -41,7 +42,6 @@ from lightning_dv.callbacks.reporting import (
     per_class_scalars,
 )
 from lightning_dv.data import IndexedDataset
-from lightning_dv.distributed import all_reduce_max
 from lightning_dv.io import check_export_path, check_export_suffix
 from lightning_dv.methods import registry
 from lightning_dv.methods.base import (
@@ -133,15 +133,15 @@ class DataValuation(Callback):
                 f"`model_loss='reweight'` needs per-row weights from the objective, and "
                 f"{type(objective).__name__} provides none: use model_loss='plain' (the default)."
             )
-        if log_lowest_every_n_epochs is not None and log_lowest_every_n_epochs < 1:
-            raise ValueError(
-                f"`log_lowest_every_n_epochs` must be >= 1 or None; got {log_lowest_every_n_epochs}."
-            )
-        if num_lowest < 1:
-            raise ValueError(f"`num_lowest` must be >= 1; got {num_lowest}.")
+        for name, count in (
+            ("log_lowest_every_n_epochs", log_lowest_every_n_epochs),
+            ("num_lowest", num_lowest),
+        ):
+            if count is not None and count < 1:
+                raise ValueError(f"`{name}` must be >= 1; got {count}.")
         self.log_lowest_every_n_epochs = log_lowest_every_n_epochs
         self.num_lowest = num_lowest
-        self._labels: Tensor | None = None
+        self._labels: RowLabels | None = None
         self.objective = objective
         self.export_path = export_path
         self.num_samples = num_samples
@@ -305,7 +305,7 @@ class DataValuation(Callback):
         else:
             self._visits.synced = self._visits.synced.to(pl_module.device)
             self._visits.local = self._visits.local.to(pl_module.device)
-        self._labels = torch.full((self.num_samples,), -1, dtype=torch.long, device=pl_module.device)
+        self._labels = RowLabels(self.num_samples, pl_module.device)
         if self._stashed is not None:
             self._apply_state(self._stashed)
             self._stashed = None
@@ -359,9 +359,8 @@ class DataValuation(Callback):
         # Out-of-range rows are reported by check_step_values after the single host sync; the
         # objective sees them clamped so it cannot fail first with an indexing error.
         safe = idx.clamp(0, n - 1) if self.check_inputs else idx
-        if self._labels is not None and isinstance(targets, Tensor) and targets.ndim == 1:
-            if not targets.is_floating_point() and targets.shape == idx.shape:
-                self._labels[safe] = targets.detach().to(self._labels.device).long()
+        if self._labels is not None:
+            self._labels.record(safe, targets)
         if self.model_loss == "objective":
             step = ValuationStep(per_sample_loss, safe, inputs, outputs, targets, pl_module)
         else:
@@ -414,7 +413,7 @@ class DataValuation(Callback):
         epoch = trainer.current_epoch
         if (epoch + 1) % self.log_every_n_epochs == 0 and not trainer.sanity_checking:
             log_values(trainer, values, step=epoch, prefix=self.prefix, noisy=self._noisy_mask)
-            labels = self._known_labels()
+            labels = None if self._labels is None else self._labels.merged()
             if labels is not None and trainer.is_global_zero:
                 for logger in trainer.loggers:
                     logger.log_metrics(per_class_scalars(values, labels, self.prefix), step=epoch)
@@ -482,7 +481,8 @@ class DataValuation(Callback):
         if self._visits is not None:
             extra["visits"] = self._visits.total().cpu()
         traj = torch.stack(self._trajectory) if self.record_trajectory and self._trajectory else None
-        labels = self._known_labels(sync=partial is None)  # no collective after an interrupt
+        # no collective after an interrupt: the other ranks may be gone
+        labels = None if self._labels is None else self._labels.merged(sync=partial is None)
         return DataValues(
             labels=None if labels is None or (labels < 0).any() else labels.numpy(),
             values=values,
@@ -507,16 +507,6 @@ class DataValuation(Callback):
         if self._values is None:
             raise RuntimeError("no values yet: call `trainer.fit(...)` with this callback first.")
         return self._values
-
-    def _known_labels(self, sync: bool = True) -> Tensor | None:
-        """The integer labels seen so far (-1: not seen), or None if none were given.
-
-        ``sync``: merge the ranks' labels (a collective every rank must call); otherwise this rank's.
-        """
-        if self._labels is None:
-            return None
-        labels = (all_reduce_max(self._labels) if sync else self._labels).cpu()
-        return labels if bool((labels >= 0).any()) else None
 
     # -- checkpointing ---------------------------------------------------------------------------
     @override
