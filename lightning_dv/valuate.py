@@ -166,7 +166,8 @@ def valuate(
             dv = _complexity_gap(x, codes, seed, progress, meta, method_kwargs)
             columns = {}
         else:
-            dv = _ecoval(x, codes, x_val, y_val, seed, validation_fraction, meta, method_kwargs)
+            kwargs = {"progress": progress, **method_kwargs}
+            dv = _ecoval(x, codes, x_val, y_val, seed, validation_fraction, meta, kwargs)
             columns = {}
     meta["seconds"] = time.perf_counter() - start
     dv = dv.sorted_by_row()
