@@ -56,9 +56,10 @@ def valuate(
     needs no training; ``"ecoval"`` trains its own small models on cluster subsets.
 
     The default is NDDV (softplus weights, 10 epochs): on the bundled datasets with 10% flipped
-    labels it flagged the flipped rows best of the four (flagged-F1 0.711, AUROC 0.967 on the
-    reported seeds; LossVal 0.641 / 0.948) in about 1.5 s per call at up to 1000 rows on CPU, and
-    it needs no validation set (figures and command: docs/valuate.md).
+    labels it flagged the flipped rows best of the five (flagged-F1 0.707, AUROC 0.966 on the
+    reported seeds; next complexity_gap 0.623 / 0.930 and AUM 0.612 / 0.968) in about 1.2 s per
+    call at up to 1000 rows on CPU, and it needs no validation set (figures and command:
+    docs/valuate.md).
 
     Validation (LossVal, EcoVal): with ``validation=None``, LossVal's optimal-transport term,
     which compares FEATURES only, uses a stratified ``validation_fraction`` sample of the training
@@ -71,9 +72,8 @@ def valuate(
         features: ``(N, d)`` numbers: numpy array, tensor or pandas DataFrame (every column
             numeric; the message names the others).
         labels: ``(N,)`` class labels of any type (strings, integers, a pandas Series).
-        method: ``"nddv"`` (default), ``"lossval"``, ``"aum"`` (area under the margin; added after
-            the measurement: its AUROC is high but its heavy-tailed values make the 2-means flags
-            poor, F1 0.275 in benchmarks/results/aum), ``"complexity_gap"`` or ``"ecoval"``.
+        method: ``"nddv"`` (default), ``"lossval"``, ``"aum"`` (area under the margin),
+            ``"complexity_gap"`` or ``"ecoval"``.
         validation: Optional clean ``(x_val, y_val)``, labels in the same classes.
         epochs: Training epochs (default: 10 for NDDV, 30 for LossVal as in the paper).
         seed: Seed of the model, the loader order and the held-out split (training-time methods

@@ -23,7 +23,8 @@ def noisy():
 @pytest.mark.parametrize("method", ["nddv", "lossval", "aum", "complexity_gap", "ecoval"])
 def test_every_method_on_arrays_with_string_labels(noisy, method):
     s, names = noisy
-    kwargs = {"epochs": 3} if method in ("nddv", "lossval", "aum") else {}
+    # LossVal needs more of its 30 epochs than the others to detect: 10 here
+    kwargs = {"epochs": 10 if method == "lossval" else 3} if method in ("nddv", "lossval", "aum") else {}
     values = valuate(s.x_train, names, method=method, **kwargs)
     assert values.method == method and len(values) == len(names)
     assert values.index.tolist() == list(range(len(names)))
@@ -31,12 +32,11 @@ def test_every_method_on_arrays_with_string_labels(noisy, method):
     assert values.flagged.dtype == bool and 0 < values.flagged.sum() < len(names) * (
         0.9 if method == "aum" else 0.5
     )
-    # LossVal needs its 30 epochs to detect well; three are enough to beat chance clearly
-    assert detection_auroc(values.values, s.noisy) > (0.65 if method == "lossval" else 0.85)
+    assert detection_auroc(values.values, s.noisy) > (0.75 if method == "lossval" else 0.85)
     assert values.metadata["classes"] == ["benign", "malignant"]
     if method in ("nddv", "lossval", "aum"):
         assert set(values.columns["predicted_label"]) <= {"benign", "malignant"}
-        assert values.metadata["epochs"] == 3 and values.metadata["train_accuracy"] > 0.8
+        assert values.metadata["epochs"] == kwargs["epochs"] and values.metadata["train_accuracy"] > 0.8
     if method in ("lossval", "ecoval"):
         assert "stratified 10%" in values.metadata["validation"]
 
