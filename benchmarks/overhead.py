@@ -1,10 +1,12 @@
 """Training overhead of valuation: a plain Lightning fit against the same fit with each objective.
 
 For every training-set size N and validation size J, the same model
-(:class:`~lightning_dv.modules.MLPClassifier`) is fit on the same synthetic
-Gaussian-logistic data ``repeats`` times without valuation and with each objective, interleaved
-in one process so that drift hits all variants alike. Reported: the median over repeats of the
-wall-time ratio ``t(objective) / t(plain)`` (each repeat's ratio uses that repeat's plain fit)
+(:class:`~lightning_dv.modules.MLPClassifier` on synthetic Gaussian-logistic data, batch 32, or
+``--workload cnn``: :class:`~benchmarks.fitting.SmallCNN` on 3x32x32 images, batch 128) is fit
+``repeats`` times without valuation and with each objective, interleaved in one process so that
+drift hits all variants alike. Reported: the median over repeats of the step-time ratio (median
+step with the objective over the median plain step: the per-step cost), of the wall-time ratio
+``t(objective) / t(plain)`` of the whole fit (each repeat's ratio uses that repeat's plain fit)
 and of the peak memory the fit added on top of what the process held before it (resident set
 size sampled every millisecond on CPU; ``torch.cuda.max_memory_allocated`` on GPU).
 
@@ -30,7 +32,8 @@ from benchmarks.baselines import MethodUnavailable
 from benchmarks.registry import project_class, quiet_lightning
 from lightning_dv.io import atomic_write
 
-ROWS = (1_000, 10_000, 100_000, 1_000_000)
+ROWS = (1_000, 10_000, 100_000, 1_000_000, 10_000_000)
+WORKLOADS = ("mlp", "cnn")
 VALID_SIZES = (100, 1_000, 10_000)
 
 
@@ -113,38 +116,91 @@ def objective_factories() -> dict[str, Callable[[np.ndarray, np.ndarray], object
     def nddv(xv: np.ndarray, yv: np.ndarray):
         return project_class("nddv")()
 
-    return {"lossval": lossval, "nddv": nddv}
+    def aum(xv: np.ndarray, yv: np.ndarray):
+        return project_class("aum")()
+
+    return {"lossval": lossval, "nddv": nddv, "aum": aum}
+
+
+class StepTimer:
+    """Lightning callback recording the wall time of every training step (batch start to batch end:
+    forward, backward, both optimizer steps; not data loading or epoch-end work)."""
+
+    def __new__(cls):
+        from lightning.pytorch.callbacks import Callback
+
+        class _StepTimer(Callback):
+            def __init__(self) -> None:
+                self.times: list[float] = []
+
+            def on_train_batch_start(self, *args) -> None:
+                self._t0 = time.perf_counter()
+
+            def on_train_batch_end(self, *args) -> None:
+                self.times.append(time.perf_counter() - self._t0)
+
+        return _StepTimer()
+
+
+def workload_data(workload: str, rows: int, seed: int = 0):
+    """``(x, y)`` arrays (MLP) or a pooled image dataset (CNN) of ``rows`` rows."""
+    if workload == "mlp":
+        return synthetic_data(rows, seed=seed)
+    from benchmarks.fitting import PooledImages
+
+    return PooledImages(rows, seed=seed), None
+
+
+def validation_data(workload: str, valid: int) -> tuple[np.ndarray, np.ndarray]:
+    if workload == "mlp":
+        return synthetic_data(valid, seed=1)
+    from benchmarks.fitting import PooledImages
+
+    pool = PooledImages(valid, pool=valid, seed=1)
+    return pool.images.numpy(), pool.labels.numpy()
 
 
 def time_fit(
-    x: np.ndarray,
-    y: np.ndarray,
+    x,
+    y: np.ndarray | None,
     objective=None,
     epochs: int = 1,
     max_batches: int | None = None,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     accelerator: str = "cpu",
     seed: int = 0,
     measure_memory: bool = True,
-) -> tuple[float, int | None]:
-    """Wall time (s) and added peak memory (bytes) of one ``Trainer.fit``, plain or with ``objective``.
+    workload: str = "mlp",
+) -> tuple[float, int | None, float]:
+    """Wall time (s), added peak memory (bytes) and median step time (s) of one ``Trainer.fit``,
+    plain or with ``objective``; ``x, y`` from :func:`workload_data`.
 
     ``measure_memory=False`` skips the sampling thread (it costs CPU time on small machines) and
-    returns ``None`` for the memory.
+    returns ``None`` for the memory. Batch size: 32 (MLP, the paper's) or 128 (CNN) by default.
     """
     import lightning as L
+    from torch.utils.data import DataLoader
 
-    from benchmarks.fitting import indexed_loader, quiet_trainer
+    from benchmarks.fitting import SmallCNN, indexed_loader, quiet_trainer
+    from lightning_dv.data import IndexedDataset
     from lightning_dv.modules import MLPClassifier
 
     L.seed_everything(seed, verbose=False)
-    model = MLPClassifier(x.shape[1], int(y.max()) + 1, valuate=objective is not None)
-    callbacks = []
+    timer = StepTimer()
+    callbacks = [timer]
     if objective is not None:
         from lightning_dv.callbacks import DataValuation as data_valuation
 
         callbacks.append(data_valuation(objective, record_trajectory=False))
-    loader = indexed_loader(x, y, batch_size=batch_size, seed=seed)
+    if workload == "mlp":
+        model = MLPClassifier(x.shape[1], int(y.max()) + 1, valuate=objective is not None)
+        loader = indexed_loader(x, y, batch_size=batch_size or 32, seed=seed)
+    else:
+        import torch
+
+        model = SmallCNN(valuate=objective is not None)
+        g = torch.Generator().manual_seed(seed)
+        loader = DataLoader(IndexedDataset(x), batch_size=batch_size or 128, shuffle=True, generator=g)
     device = "cuda" if accelerator in ("gpu", "cuda") else "cpu"
     with quiet_lightning():
         trainer = quiet_trainer(
@@ -155,7 +211,8 @@ def time_fit(
             t0 = time.perf_counter()
             trainer.fit(model, loader)
             wall = time.perf_counter() - t0
-    return wall, mem.peak_bytes
+    steady = timer.times[min(3, len(timer.times) - 1) :] or [float("nan")]  # first steps warm up
+    return wall, mem.peak_bytes, statistics.median(steady)
 
 
 def probe_memory(
@@ -165,6 +222,7 @@ def probe_memory(
     epochs: int = 1,
     max_batches: int | None = 200,
     accelerator: str = "cpu",
+    workload: str = "mlp",
 ) -> float:
     """Peak memory (MB) one fit adds, measured in a fresh Python process (data made before measuring)."""
     import json
@@ -173,7 +231,8 @@ def probe_memory(
     code = (
         "import json, torch; torch.set_num_threads(1); "
         "from benchmarks.overhead import _probe; "
-        f"print(json.dumps(_probe({rows}, {valid}, {variant!r}, {epochs}, {max_batches!r}, {accelerator!r})))"
+        f"print(json.dumps(_probe({rows}, {valid}, {variant!r}, {epochs}, {max_batches!r}, {accelerator!r}, "
+        f"{workload!r})))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     if out.returncode != 0:
@@ -182,18 +241,26 @@ def probe_memory(
     return float("nan") if peak is None else peak / 2**20
 
 
-def _probe(rows: int, valid: int, variant: str, epochs: int, max_batches: int | None, accelerator: str):
+def _probe(
+    rows: int,
+    valid: int,
+    variant: str,
+    epochs: int,
+    max_batches: int | None,
+    accelerator: str,
+    workload: str = "mlp",
+):
     """Child side of :func:`probe_memory`: one fit after the data exist; returns the added peak bytes."""
-    x, y = synthetic_data(rows, seed=0)
-    xv, yv = synthetic_data(valid, seed=1)
+    x, y = workload_data(workload, rows)
+    xv, yv = validation_data(workload, valid)
     objective = None if variant == "plain" else objective_factories()[variant](xv, yv)
-    return time_fit(x, y, objective, epochs, max_batches, accelerator=accelerator)[1]
+    return time_fit(x, y, objective, epochs, max_batches, accelerator=accelerator, workload=workload)[1]
 
 
 def run_overhead(
     rows: Sequence[int] = ROWS,
     valid_sizes: Sequence[int] = VALID_SIZES,
-    objectives: Sequence[str] = ("lossval", "nddv"),
+    objectives: Sequence[str] = ("lossval", "nddv", "aum"),
     repeats: int = 5,
     max_batches: int | None = 200,
     max_rows: int | None = None,
@@ -201,6 +268,7 @@ def run_overhead(
     accelerator: str = "cpu",
     log: Callable[[str], None] | None = print,
     memory: bool = True,
+    workload: str = "mlp",
 ):
     """Measure every (N, J, objective) setting; one row per fit, as a DataFrame.
 
@@ -219,13 +287,18 @@ def run_overhead(
         accelerator: Lightning accelerator (``"cpu"`` or ``"gpu"``).
         log: Receives progress lines; None for silence.
         memory: Measure peak memory in fresh subprocesses (a few seconds each).
+        workload: ``"mlp"`` (MLPClassifier on 16 Gaussian features, batch 32) or ``"cnn"``
+            (:class:`~benchmarks.fitting.SmallCNN` on 3x32x32 images, batch 128).
 
     Returns:
-        DataFrame with columns ``rows, valid, variant, repeat, wall_s, peak_mb, steps``
-        (``peak_mb``: the fresh-process measurement of that setting, NaN without ``memory``).
+        DataFrame with columns ``workload, rows, valid, variant, repeat, wall_s, step_s, peak_mb,
+        steps`` (``step_s``: median step time of the fit; ``peak_mb``: the fresh-process
+        measurement of that setting, NaN without ``memory``).
     """
     import pandas as pd
 
+    if workload not in WORKLOADS:
+        raise ValueError(f"unknown workload {workload!r}; use one of {', '.join(WORKLOADS)}.")
     say = log or (lambda _msg: None)
     factories = objective_factories()
     unknown = [o for o in objectives if o not in factories]
@@ -233,7 +306,7 @@ def run_overhead(
         raise ValueError(f"unknown objective(s) {unknown}; available: {', '.join(factories)}.")
     rows = [n for n in rows if max_rows is None or n <= max_rows]
     available = []
-    xv0, yv0 = synthetic_data(max(valid_sizes), seed=1)
+    xv0, yv0 = validation_data(workload, max(valid_sizes))
     for name in objectives:
         try:
             factories[name](xv0[:10], yv0[:10])
@@ -242,28 +315,22 @@ def run_overhead(
             say(f"skipping {name}: {err}")
     # One unrecorded fit per variant first: the first fit in a process pays one-off costs
     # (imports, allocator growth, thread pools) that would otherwise inflate one variant only.
-    xw, yw = synthetic_data(256, seed=2)
+    xw, yw = workload_data(workload, 512, seed=2)
     for variant in ["plain", *available]:
-        time_fit(
-            xw,
-            yw,
-            None if variant == "plain" else factories[variant](xv0[:100], yv0[:100]),
-            1,
-            4,
-            accelerator=accelerator,
-            measure_memory=False,
-        )
+        objective = None if variant == "plain" else factories[variant](xv0[:100], yv0[:100])
+        time_fit(xw, yw, objective, 1, 4, accelerator=accelerator, measure_memory=False, workload=workload)
+    batch = 32 if workload == "mlp" else 128
     records = []
     for n in rows:
-        x, y = synthetic_data(n, seed=0)
-        steps = int(np.ceil(n / 32)) if max_batches is None else min(max_batches, int(np.ceil(n / 32)))
+        x, y = workload_data(workload, n)
+        steps = int(np.ceil(n / batch)) if max_batches is None else min(max_batches, int(np.ceil(n / batch)))
         steps *= epochs
         for j in valid_sizes:
             xv, yv = xv0[:j], yv0[:j]
             for r in range(repeats):
                 for variant in ["plain", *available]:
                     objective = None if variant == "plain" else factories[variant](xv, yv)
-                    wall, _ = time_fit(
+                    wall, _, step = time_fit(
                         x,
                         y,
                         objective,
@@ -272,20 +339,27 @@ def run_overhead(
                         accelerator=accelerator,
                         seed=r,
                         measure_memory=False,
+                        workload=workload,
                     )
                     records.append(
                         {
+                            "workload": workload,
                             "rows": n,
                             "valid": j,
                             "variant": variant,
                             "repeat": r,
                             "wall_s": wall,
+                            "step_s": step,
                             "steps": steps,
                         }
                     )
-                    say(f"N={n} J={j} repeat {r + 1}/{repeats} {variant}: {wall:.2f} s")
+                    say(f"{workload} N={n} J={j} repeat {r + 1}/{repeats} {variant}: {wall:.2f} s")
             for variant in ["plain", *available]:
-                mb = probe_memory(n, j, variant, epochs, max_batches, accelerator) if memory else float("nan")
+                mb = (
+                    probe_memory(n, j, variant, epochs, max_batches, accelerator, workload)
+                    if memory
+                    else float("nan")
+                )
                 for rec in records:
                     if (rec["rows"], rec["valid"], rec["variant"]) == (n, j, variant):
                         rec["peak_mb"] = mb
@@ -295,21 +369,36 @@ def run_overhead(
 
 
 def overhead_table(df) -> str:
-    """Markdown table of the medians over repeats: time and memory ratios against the plain fit."""
+    """Markdown table of the medians over repeats: step-time, fit-time and memory against the plain fit.
+
+    The step ratio (median step with the objective over the median plain step, per repeat) is
+    the per-step cost; the fit ratio also counts epoch-end work, which ``--max-batches`` does
+    not amortise over a whole epoch.
+    """
     lines = [
-        "| N (train rows) | J (validation) | objective | steps | plain fit (s) | with objective (s) | "
-        "time ratio | peak memory of the fit: plain (MB) | with objective (MB) |",
-        "|---" * 9 + "|",
+        "| workload | N (train rows) | J (validation) | objective | steps | plain step (ms) | "
+        "step with objective (ms) | step ratio | fit ratio | peak memory of the fit: plain (MB) | "
+        "with objective (MB) |",
+        "|---" * 11 + "|",
     ]
-    for (n, j), part in df.groupby(["rows", "valid"], sort=True):
+    df = df.copy()
+    if "workload" not in df:
+        df["workload"] = "mlp"
+    if "step_s" not in df:
+        df["step_s"] = float("nan")
+    if "peak_mb" not in df:
+        df["peak_mb"] = float("nan")
+    for (w, n, j), part in df.groupby(["workload", "rows", "valid"], sort=True):
         plain = part[part["variant"] == "plain"].set_index("repeat")
         for variant in [v for v in dict.fromkeys(part["variant"]) if v != "plain"]:
             obj = part[part["variant"] == variant].set_index("repeat")
             ratios = (obj["wall_s"] / plain["wall_s"]).dropna()
+            step_ratios = (obj["step_s"] / plain["step_s"]).dropna()
+            step_ratio = f"**{statistics.median(step_ratios):.2f}x**" if len(step_ratios) else "n/a"
             lines.append(
-                f"| {n:,} | {j:,} | {variant} | {int(obj['steps'].iloc[0])} | "
-                f"{statistics.median(plain['wall_s']):.2f} | {statistics.median(obj['wall_s']):.2f} | "
-                f"**{statistics.median(ratios):.2f}x** | {np.nanmedian(plain['peak_mb']):.0f} | "
+                f"| {w} | {n:,} | {j:,} | {variant} | {int(obj['steps'].iloc[0])} | "
+                f"{1e3 * np.nanmedian(plain['step_s']):.2f} | {1e3 * np.nanmedian(obj['step_s']):.2f} | "
+                f"{step_ratio} | {statistics.median(ratios):.2f}x | {np.nanmedian(plain['peak_mb']):.0f} | "
                 f"{np.nanmedian(obj['peak_mb']):.0f} |"
             )
     return "\n".join(lines) + "\n"
@@ -330,7 +419,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks overhead", description=__doc__.split("\n")[0])
     p.add_argument("--rows", nargs="+", type=int, default=list(ROWS), help="training-set sizes")
     p.add_argument("--valid", nargs="+", type=int, default=list(VALID_SIZES), help="validation-set sizes")
-    p.add_argument("--objectives", nargs="+", default=["lossval", "nddv"], help="objectives to compare")
+    p.add_argument(
+        "--objectives", nargs="+", default=["lossval", "nddv", "aum"], help="objectives to compare"
+    )
+    p.add_argument(
+        "--workload", default="mlp", choices=list(WORKLOADS), help="MLP (batch 32) or CNN (batch 128)"
+    )
     p.add_argument("--repeats", type=int, default=5, help="fits per variant (medians are reported)")
     p.add_argument("--max-batches", type=int, default=200, help="cap on steps per fit; 0 = full epochs")
     p.add_argument("--max-rows", type=int, default=None, help="skip training sets larger than this")
@@ -357,6 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.epochs,
         args.accelerator,
         memory=not args.no_memory,
+        workload=args.workload,
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

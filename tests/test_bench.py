@@ -283,7 +283,8 @@ def test_overhead_benchmark_measures_plain_and_objective_fits():
     # Memory comes from fresh processes: finite and non-negative for both variants.
     assert np.isfinite(df["peak_mb"]).all() and (df["peak_mb"] >= 0).all()
     table = overhead_table(df)
-    assert "| 256 | 16 | lossval | 3 |" in table and "x**" in table
+    assert "| mlp | 256 | 16 | lossval | 3 |" in table and "x**" in table
+    assert (df["step_s"] > 0).all()
     with PeakMemory() as pm:
         block = np.ones(20_000_000)  # 160 MB, touched
         block += 1

@@ -51,6 +51,7 @@ from lightning_dv.methods.base import (
     ValuationStep,
     WholeSetMethod,
 )
+from lightning_dv.methods.weights import SampleWeights, exchange_row_gradients
 from lightning_dv.values import DataValues
 
 
@@ -155,6 +156,7 @@ class DataValuation(Callback):
         self.skipped_steps = 0
         self.ids: np.ndarray | None = None
         self.optimizer: torch.optim.Optimizer | None = None
+        self._row_weights: list[SampleWeights] = []
         self.optimizer_steps = 0
         self._trajectory: list[Tensor] = []
         self._noisy_mask: Tensor | None = None
@@ -298,6 +300,11 @@ class DataValuation(Callback):
         params = [p for p in state.parameters() if p.requires_grad]
         if not (self._continuing and self.optimizer is not None):  # a continued fit keeps the Adam moments
             self.optimizer = self.objective.configure_optimizer(params) if params else None
+        # Per-row weights train with their own row-sparse Adam (O(batch) per step, exact dense Adam).
+        self._row_weights = [m for m in state.modules() if isinstance(m, SampleWeights)]
+        for weights in self._row_weights:
+            weights.configure(lr=self.objective.lr)
+            weights.discard_gradients()
         self.objective.on_fit_start(trainer, pl_module, state)
         self._noisy_mask = as_noisy_mask(self.known_noisy, self.num_samples)
         if self._visits is None or self._visits.synced.numel() != self.num_samples:
@@ -319,20 +326,45 @@ class DataValuation(Callback):
     ) -> None:
         # Fires once per real step (after DDP's all-reduce, only on the last micro-batch under
         # gradient accumulation, and for manual optimization): step only with the first optimizer.
-        if self.optimizer is None or not trainer.optimizers or optimizer is not trainer.optimizers[0]:
+        if not trainer.optimizers or optimizer is not trainer.optimizers[0]:
+            return
+        row_weights = self._row_weights
+        if self.optimizer is None and not row_weights:
             return
         if not self._grad_checked and self._visits is not None and self._visits.calls > 0:
-            check_weights_received_grad(self.optimizer)  # once: the first step after a valuation_loss call
+            # once: the first step after a valuation_loss call
+            check_weights_received_grad(self.optimizer, row_weights)
             self._grad_checked = True
         scaler = getattr(trainer.precision_plugin, "scaler", None)
-        if scaler is not None and scaler.is_enabled():
-            if not step_unscaled(self.optimizer, scaler):  # never through the user's scaler
+        scaled = scaler is not None and scaler.is_enabled()
+        for weights in row_weights:
+            if not self._step_row_weights(weights, scaler if scaled else None):
                 self.skipped_steps += 1
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        if self.optimizer is not None:
+            if scaled:
+                if not step_unscaled(self.optimizer, scaler):  # never through the user's scaler
+                    self.skipped_steps += 1
+            else:
+                self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
         self.objective.after_optimizer_step(self._state(pl_module))
         self.optimizer_steps += 1
+
+    @staticmethod
+    def _step_row_weights(weights: SampleWeights, scaler: Any) -> bool:
+        """Exchange the batch rows' gradients between ranks, then one row-sparse Adam step.
+
+        Under an enabled GradScaler the gradients are unscaled here and a step with an overflow is
+        skipped (returns False), never through the user's scaler (see ``model_loss.step_unscaled``);
+        the decision is the same on every rank: the gradients are already exchanged.
+        """
+        rows, grads, before = exchange_row_gradients(*weights.take_gradients())
+        if scaler is not None:
+            grads = grads / scaler.get_scale()
+            if not bool(torch.isfinite(grads).all()):
+                return False
+        weights.adam_step(rows, grads, before)
+        return True
 
     # -- the loss ------------------------------------------------------------------------------
     def compute_loss(

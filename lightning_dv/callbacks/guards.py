@@ -8,6 +8,7 @@ docs/faults.md lists every misuse these checks cover, with the test of each.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -92,10 +93,14 @@ def check_loss_has_grad(per_sample_loss: Tensor, module: nn.Module, own: nn.Modu
         )
 
 
-def check_weights_received_grad(optimizer: torch.optim.Optimizer) -> None:
-    """Refuse a training step whose returned loss left out ``valuation_loss``'s result (values never move)."""
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    if params and all(p.grad is None for p in params):
+def check_weights_received_grad(optimizer: torch.optim.Optimizer | None, row_weights: Sequence = ()) -> None:
+    """Refuse a training step whose returned loss left out ``valuation_loss``'s result (values never move).
+
+    ``row_weights``: the state's ``SampleWeights``, whose gradients sit on the leaves they handed out.
+    """
+    params = [] if optimizer is None else [p for group in optimizer.param_groups for p in group["params"]]
+    received = any(p.grad is not None for p in params) or any(w.has_gradients() for w in row_weights)
+    if (params or row_weights) and not received:
         raise RuntimeError(
             "`valuation_loss` was called but its result did not reach the loss that was backpropagated, so the "
             "values would never change: return (or backpropagate) the tensor `self.valuation_loss(...)` returns, "
