@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -156,3 +157,25 @@ def test_two_process_exchange_and_row_sharded_state_equal_their_dense_references
     sharded = torch.cat([r0["shard"], r1["shard"]])
     torch.testing.assert_close(sharded, r0["replicated"], rtol=1e-5, atol=1e-6)
     assert not torch.allclose(sharded, torch.ones_like(sharded))
+
+
+def test_ddp_lossval_fit_with_accumulation_keeps_the_row_state_identical_on_both_ranks(tmp_path):
+    # The callback's path end to end: 2 gloo processes (tests/scripts/ddp_worker.py), gradient
+    # accumulation 2, 101 rows (one padded duplicate): every row got a gradient, identical state.
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    script = str(root / "tests" / "scripts" / "ddp_worker.py")
+    proc = subprocess.run(
+        [sys.executable, script, "lossval", str(tmp_path), "--accumulate", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"d2_rank{r}.pt", weights_only=False) for r in (0, 1))
+    for k in r0["state"]:
+        torch.testing.assert_close(r0["state"][k], r1["state"][k], rtol=0, atol=0, msg=k)
+    steps = 2 * math.ceil(math.ceil(51 / 8) / 2)  # 2 epochs, 51 rows per rank, batch 8, accumulate 2
+    assert int(r0["state"]["weights.step"]) == steps
+    assert (r0["state"]["weights.exp_avg_sq"] > 0).all()  # every row, the padded one too

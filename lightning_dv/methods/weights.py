@@ -246,7 +246,6 @@ class SampleWeights(Float32Module):
         # The two modes store ``raw`` differently (dense: the weight; sparse: with its tail applied).
         self.dense = bool(self.dense_mode)
 
-
     @torch.no_grad()
     def adam_step(self, rows: Tensor, grads: Tensor, before: Tensor | None = None) -> None:
         """One Adam step in which ``rows`` have gradients ``grads`` and every other row has zero.
