@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_dv.data import IndexedDataset
+from lightning_dv.mixin import DataValuationMixin
 
 
 def indexed_loader(
@@ -38,15 +39,13 @@ def quiet_trainer(max_epochs: int, callbacks: list | None = None, **kwargs) -> L
     )
 
 
-class SmallCNN(L.LightningModule):
+class SmallCNN(DataValuationMixin, L.LightningModule):
     """A small CNN on 3x32x32 images (three 3x3 convolutions, 8-16-32 channels, then a linear head):
     the realistic workload of the overhead benchmark, tens of milliseconds per step of 128 on one
     CPU thread. Its ``training_step`` routes the loss through ``valuation_loss`` when ``valuate``.
     """
 
     def __init__(self, num_classes: int = 10, lr: float = 1e-3, valuate: bool = True) -> None:
-        from lightning_dv.mixin import DataValuationMixin
-
         super().__init__()
         self.net = torch.nn.Sequential(
             torch.nn.Conv2d(3, 8, 3, padding=1),
@@ -62,7 +61,6 @@ class SmallCNN(L.LightningModule):
             torch.nn.Linear(32, num_classes),
         )
         self.lr, self.valuate = lr, valuate
-        self._valuation_loss = DataValuationMixin.valuation_loss.__get__(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -72,7 +70,7 @@ class SmallCNN(L.LightningModule):
         out = self(x)
         per_sample = torch.nn.functional.cross_entropy(out, y, reduction="none")
         if self.valuate:
-            return self._valuation_loss(per_sample, idx, inputs=x, outputs=out, targets=y)
+            return self.valuation_loss(per_sample, idx, inputs=x, outputs=out, targets=y)
         return per_sample.mean()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
