@@ -51,7 +51,7 @@ from lightning_dv.methods.base import (
     ValuationStep,
     WholeSetMethod,
 )
-from lightning_dv.methods.weights import SampleWeights, exchange_row_gradients
+from lightning_dv.methods.weights import SampleWeights, step_row_weights
 from lightning_dv.values import DataValues
 
 
@@ -337,8 +337,8 @@ class DataValuation(Callback):
             self._grad_checked = True
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         scaled = scaler is not None and scaler.is_enabled()
-        for weights in row_weights:
-            if not self._step_row_weights(weights, scaler if scaled else None):
+        for weights in row_weights:  # exchange the rows' gradients, one row-sparse Adam step
+            if not step_row_weights(weights, scaler.get_scale() if scaled else None):
                 self.skipped_steps += 1
         if self.optimizer is not None:
             if scaled:
@@ -349,22 +349,6 @@ class DataValuation(Callback):
             self.optimizer.zero_grad(set_to_none=True)
         self.objective.after_optimizer_step(self._state(pl_module))
         self.optimizer_steps += 1
-
-    @staticmethod
-    def _step_row_weights(weights: SampleWeights, scaler: Any) -> bool:
-        """Exchange the batch rows' gradients between ranks, then one row-sparse Adam step.
-
-        Under an enabled GradScaler the gradients are unscaled here and a step with an overflow is
-        skipped (returns False), never through the user's scaler (see ``model_loss.step_unscaled``);
-        the decision is the same on every rank: the gradients are already exchanged.
-        """
-        rows, grads, before = exchange_row_gradients(*weights.take_gradients())
-        if scaler is not None:
-            grads = grads / scaler.get_scale()
-            if not bool(torch.isfinite(grads).all()):
-                return False
-        weights.adam_step(rows, grads, before)
-        return True
 
     # -- the loss ------------------------------------------------------------------------------
     def compute_loss(

@@ -328,3 +328,20 @@ def exchange_row_gradients(rows: Tensor, pairs: Tensor) -> tuple[Tensor, Tensor,
     rows = torch.cat(gather_all_tensors(rows.contiguous()))
     pairs = torch.cat(gather_all_tensors(pairs.contiguous()))
     return merge_row_gradients(rows, pairs, torch.distributed.get_world_size())
+
+
+def step_row_weights(weights: SampleWeights, scale: float | None = None) -> bool:
+    """The callback's step of per-row weights: take the reads' gradients, exchange them between
+    ranks, one row-sparse Adam step.
+
+    ``scale``: the GradScaler's current scale (the gradients are unscaled here, never through the
+    user's scaler); a step whose unscaled gradients overflow is skipped and False returned. The
+    decision is the same on every rank: the gradients are already exchanged.
+    """
+    rows, grads, before = exchange_row_gradients(*weights.take_gradients())
+    if scale is not None:
+        grads = grads / scale
+        if not bool(torch.isfinite(grads).all()):
+            return False
+    weights.adam_step(rows, grads, before)
+    return True
