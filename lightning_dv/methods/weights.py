@@ -175,6 +175,19 @@ class SampleWeights(Float32Module):
         terms = num.div_(den).masked_fill_(k <= after.to(torch.float64)[:, None], 0.0)
         return self.lr * terms.sum(dim=1)
 
+    def _full_tail(self, m: Tensor, v: Tensor, t0: int) -> Tensor:
+        """``_tail`` of rows all touched at step ``t0`` with moments ``m, v``, over ``k = 1 .. K``.
+
+        One step for every row: the bias corrections are a ``(K,)`` vector (half the work).
+        """
+        k, p1, p2 = self._powers(m.device)
+        b1, b2 = self.betas
+        f1 = p1 / (1 - b1**t0 * p1)
+        f2 = p2 / (1 - b2**t0 * p2)
+        num = m.to(torch.float64)[:, None] * f1
+        den = (v.to(torch.float64)[:, None] * f2).sqrt_().add_(self.eps)
+        return self.lr * num.div_(den).sum(dim=1)
+
     def _settle(self, raw: Tensor) -> Tensor:
         return raw.clamp(min=self.min_value) if self.constraint == "clamp" else raw
 
@@ -271,7 +284,7 @@ class SampleWeights(Float32Module):
         self.last_step[rows] = now
         self.step.fill_(now)
         self._now = now
-        self.raw[rows] = after - self._tail(rows, torch.zeros_like(rows)).to(after.dtype)
+        self.raw[rows] = after - self._full_tail(m, v, now).to(after.dtype)
 
     def _dense_step(self, rows: Tensor, grads: Tensor, now: int) -> None:
         b1, b2 = self.betas
