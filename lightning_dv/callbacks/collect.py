@@ -23,6 +23,24 @@ if TYPE_CHECKING:
     import lightning.pytorch as pl
 
 
+def training_set_size(trainer: pl.Trainer) -> tuple[int | None, np.ndarray | None]:
+    """Rows and user ids of the fit's training dataset, read without iterating it (None when unsized)."""
+    source = trainer.fit_loop._data_source
+    dataset = None
+    if source.is_defined():
+        dataset = getattr(source.dataloader(), "dataset", None)
+    if dataset is None or not hasattr(dataset, "__len__"):
+        return None, None
+    n = len(dataset)
+    if n == 0:
+        raise ValueError(
+            "the training dataset is empty (0 rows): there is nothing to value. Check the dataset "
+            "passed to `trainer.fit` (a filter or split that removed every row?)."
+        )
+    ids = np.asarray(dataset.ids) if isinstance(dataset, IndexedDataset) and dataset.ids is not None else None
+    return n, ids
+
+
 @dataclass
 class TrainingRows:
     """The training rows a train dataloader yielded, gathered over all ranks.

@@ -19,7 +19,7 @@ from typing_extensions import override
 
 from lightning_dv._validation import check_choice
 from lightning_dv.callbacks.checkpoint import STATE_ATTR, relocate_state_out
-from lightning_dv.callbacks.collect import RowLabels
+from lightning_dv.callbacks.collect import RowLabels, training_set_size
 from lightning_dv.callbacks.guards import (
     NO_BATCH_MESSAGE,
     NO_CALL_MESSAGE,
@@ -29,10 +29,10 @@ from lightning_dv.callbacks.guards import (
     check_loss_has_grad,
     check_step_arguments,
     check_step_values,
-    check_weights_received_grad,
+    check_trainer_setup,
     never_seen_message,
 )
-from lightning_dv.callbacks.model_loss import MODEL_LOSSES, returned_loss, step_unscaled
+from lightning_dv.callbacks.model_loss import MODEL_LOSSES, returned_loss
 from lightning_dv.callbacks.reporting import (
     as_noisy_mask,
     export_values,
@@ -41,7 +41,7 @@ from lightning_dv.callbacks.reporting import (
     log_values,
     per_class_scalars,
 )
-from lightning_dv.data import IndexedDataset
+from lightning_dv.callbacks.weight_step import WeightStepper
 from lightning_dv.io import check_export_path, check_export_suffix
 from lightning_dv.methods import registry
 from lightning_dv.methods.base import (
@@ -51,7 +51,6 @@ from lightning_dv.methods.base import (
     ValuationStep,
     WholeSetMethod,
 )
-from lightning_dv.methods.weights import SampleWeights, step_row_weights
 from lightning_dv.values import DataValues
 
 
@@ -153,11 +152,8 @@ class DataValuation(Callback):
         self.check_inputs = check_inputs
         self.prefix = f"{prefix}/{objective.name}"
         self.model_loss = model_loss
-        self.skipped_steps = 0
         self.ids: np.ndarray | None = None
-        self.optimizer: torch.optim.Optimizer | None = None
-        self._row_weights: list[SampleWeights] = []
-        self.optimizer_steps = 0
+        self._stepper = WeightStepper()
         self._trajectory: list[Tensor] = []
         self._noisy_mask: Tensor | None = None
         self._stashed: dict[str, Any] | None = None
@@ -165,7 +161,6 @@ class DataValuation(Callback):
         self._fit_seconds = 0.0
         self._needs_checked = False
         self._warned_no_call = False
-        self._grad_checked = False
         self._visits: VisitCounter | None = None
         self._attached: weakref.ref | None = None  # the state of the model this callback last trained
         self._continuing = False
@@ -177,22 +172,7 @@ class DataValuation(Callback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        launcher = getattr(trainer.strategy, "launcher", None)
-        if launcher is not None and type(launcher).__name__ == "_MultiProcessingLauncher":
-            raise RuntimeError(
-                "DataValuation does not support spawn/fork-based strategies (ddp_spawn, ddp_fork, "
-                "ddp_notebook): the learned values live in the worker processes and cannot be returned. "
-                'Use strategy="ddp" (or launch with torchrun) instead.'
-            )
-        if sum(isinstance(c, DataValuation) for c in trainer.callbacks) > 1:
-            raise ValueError(
-                "only one DataValuation callback per Trainer is supported; remove the extra ones."
-            )
-        if stage == "fit" and not callable(getattr(pl_module, "valuation_loss", None)):
-            raise TypeError(
-                f"{type(pl_module).__name__} has no `valuation_loss`: add `DataValuationMixin` before "
-                "`LightningModule` in its bases and return `self.valuation_loss(...)` from `training_step`."
-            )
+        check_trainer_setup(trainer, pl_module, stage, type(self))
         existing = getattr(pl_module, STATE_ATTR, None)
         if stage == "fit":
             # A new model starts a new run: nothing of an earlier fit may reach its export. Fitting
@@ -230,15 +210,13 @@ class DataValuation(Callback):
     def _reset_run(self) -> None:
         self.num_samples = self._user_num_samples
         self.ids = None
-        self.optimizer = None
-        self.optimizer_steps = 0
+        self._stepper.reset()
         self._trajectory = []
         self._visits = None
         self._stashed = None
         self._values = None
         self._fit_seconds = 0.0
         self._warned_no_call = False
-        self._grad_checked = False
 
     @staticmethod
     def _state_size(state: nn.Module) -> int:
@@ -247,20 +225,9 @@ class DataValuation(Callback):
     def _resolve_num_samples(self, trainer: pl.Trainer, stage: str) -> int | None:
         n = None
         if stage == "fit":
-            source = trainer.fit_loop._data_source
-            dataset = None
-            if source.is_defined():
-                loader = source.dataloader()
-                dataset = getattr(loader, "dataset", None)
-            if dataset is not None and hasattr(dataset, "__len__"):
-                n = len(dataset)
-                if n == 0:
-                    raise ValueError(
-                        "the training dataset is empty (0 rows): there is nothing to value. Check the dataset "
-                        "passed to `trainer.fit` (a filter or split that removed every row?)."
-                    )
-                if isinstance(dataset, IndexedDataset) and dataset.ids is not None:
-                    self.ids = np.asarray(dataset.ids)
+            n, ids = training_set_size(trainer)
+            if ids is not None:
+                self.ids = ids
             if self.num_samples is not None and n is not None and n != self.num_samples:
                 raise ValueError(
                     f"the training dataset has {n} rows but this DataValuation callback was built for "
@@ -286,25 +253,7 @@ class DataValuation(Callback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         state = self._state(pl_module)
-        ours = {id(p) for p in state.parameters()}
-        # The user's configure_optimizers saw self.parameters() and picked our weights up: take
-        # them out so their schedulers, clipping and weight decay never touch the values.
-        for opt in trainer.optimizers:
-            for group in opt.param_groups:
-                kept = [p for p in group["params"] if id(p) not in ours]
-                if len(kept) != len(group["params"]):
-                    for p in group["params"]:
-                        if id(p) in ours:
-                            opt.state.pop(p, None)
-                    group["params"] = kept
-        params = [p for p in state.parameters() if p.requires_grad]
-        if not (self._continuing and self.optimizer is not None):  # a continued fit keeps the Adam moments
-            self.optimizer = self.objective.configure_optimizer(params) if params else None
-        # Per-row weights train with their own row-sparse Adam (O(batch) per step, exact dense Adam).
-        self._row_weights = [m for m in state.modules() if isinstance(m, SampleWeights)]
-        for weights in self._row_weights:
-            weights.configure(lr=self.objective.lr)
-            weights.discard_gradients()
+        self._stepper.attach(trainer, state, self.objective, self._continuing)
         self.objective.on_fit_start(trainer, pl_module, state)
         self._noisy_mask = as_noisy_mask(self.known_noisy, self.num_samples)
         if self._visits is None or self._visits.synced.numel() != self.num_samples:
@@ -328,27 +277,10 @@ class DataValuation(Callback):
         # gradient accumulation, and for manual optimization): step only with the first optimizer.
         if not trainer.optimizers or optimizer is not trainer.optimizers[0]:
             return
-        row_weights = self._row_weights
-        if self.optimizer is None and not row_weights:
-            return
-        if not self._grad_checked and self._visits is not None and self._visits.calls > 0:
-            # once: the first step after a valuation_loss call
-            check_weights_received_grad(self.optimizer, row_weights)
-            self._grad_checked = True
-        scaler = getattr(trainer.precision_plugin, "scaler", None)
-        scaled = scaler is not None and scaler.is_enabled()
-        for weights in row_weights:  # exchange the rows' gradients, one row-sparse Adam step
-            if not step_row_weights(weights, scaler.get_scale() if scaled else None):
-                self.skipped_steps += 1
-        if self.optimizer is not None:
-            if scaled:
-                if not step_unscaled(self.optimizer, scaler):  # never through the user's scaler
-                    self.skipped_steps += 1
-            else:
-                self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-        self.objective.after_optimizer_step(self._state(pl_module))
-        self.optimizer_steps += 1
+        if self._stepper.active:
+            valued = self._visits is not None and self._visits.calls > 0
+            self._stepper.step(trainer, valued)
+            self.objective.after_optimizer_step(self._state(pl_module))
 
     # -- the loss ------------------------------------------------------------------------------
     def compute_loss(
@@ -524,6 +456,21 @@ class DataValuation(Callback):
             raise RuntimeError("no values yet: call `trainer.fit(...)` with this callback first.")
         return self._values
 
+    @property
+    def optimizer(self) -> torch.optim.Optimizer | None:
+        """The optimizer of the state's non-row parameters (None when it has only per-row weights)."""
+        return self._stepper.optimizer
+
+    @property
+    def optimizer_steps(self) -> int:
+        """Steps taken by the valuation state (one per real optimizer step of the model)."""
+        return self._stepper.steps
+
+    @property
+    def skipped_steps(self) -> int:
+        """Steps of the valuation state skipped for non-finite (AMP-overflowed) gradients."""
+        return self._stepper.skipped
+
     # -- checkpointing ---------------------------------------------------------------------------
     @override
     def on_save_checkpoint(
@@ -538,9 +485,7 @@ class DataValuation(Callback):
     def state_dict(self) -> dict[str, Any]:
         return {
             "num_samples": self.num_samples,
-            "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
-            "optimizer_steps": self.optimizer_steps,
-            "skipped_steps": self.skipped_steps,
+            **self._stepper.state_dict(),
             "trajectory": torch.stack(self._trajectory) if self._trajectory else None,
             "objective": self.objective.state_dict(),
             "visits": None if self._visits is None else self._visits.state_dict(),
@@ -560,10 +505,7 @@ class DataValuation(Callback):
                 f"the checkpoint holds values for {sd['num_samples']} rows but the training set has "
                 f"{self.num_samples}: the dataset size changed between fits."
             )
-        if self.optimizer is not None and sd.get("optimizer") is not None:
-            self.optimizer.load_state_dict(sd["optimizer"])
-        self.optimizer_steps = int(sd.get("optimizer_steps", 0))
-        self.skipped_steps = int(sd.get("skipped_steps", 0))
+        self._stepper.load_state_dict(sd)
         traj = sd.get("trajectory")
         self._trajectory = [] if traj is None else [t.clone() for t in traj]
         self.objective.load_state_dict(sd.get("objective", {}))

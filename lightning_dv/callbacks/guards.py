@@ -21,6 +21,24 @@ def _rows_text(rows: list[int], limit: int = 20) -> str:
     return ", ".join(map(str, rows[:limit])) + (" ..." if len(rows) > limit else "")
 
 
+def check_trainer_setup(trainer: Any, pl_module: nn.Module, stage: str, callback_type: type) -> None:
+    """Refuse, at setup, the set-ups a training-time valuation cannot serve (before any training)."""
+    launcher = getattr(trainer.strategy, "launcher", None)
+    if launcher is not None and type(launcher).__name__ == "_MultiProcessingLauncher":
+        raise RuntimeError(
+            "DataValuation does not support spawn/fork-based strategies (ddp_spawn, ddp_fork, "
+            "ddp_notebook): the learned values live in the worker processes and cannot be returned. "
+            'Use strategy="ddp" (or launch with torchrun) instead.'
+        )
+    if sum(isinstance(c, callback_type) for c in trainer.callbacks) > 1:
+        raise ValueError("only one DataValuation callback per Trainer is supported; remove the extra ones.")
+    if stage == "fit" and not callable(getattr(pl_module, "valuation_loss", None)):
+        raise TypeError(
+            f"{type(pl_module).__name__} has no `valuation_loss`: add `DataValuationMixin` before "
+            "`LightningModule` in its bases and return `self.valuation_loss(...)` from `training_step`."
+        )
+
+
 def check_step_arguments(per_sample_loss: Any, idx: Any) -> Tensor:
     """Check the types and shapes of one ``valuation_loss`` call; return ``idx`` as a long tensor.
 
