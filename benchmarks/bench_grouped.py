@@ -56,6 +56,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--noise", type=float, default=0.1)
     p.add_argument("--groups", type=int, default=20)
+    p.add_argument(
+        "--scenario",
+        choices=("grouped", "uniform"),
+        default="grouped",
+        help="grouped: whole clusters relabelled; uniform: the protocol's label noise (rows drawn independently)",
+    )
     p.add_argument("--methods", nargs="+", default=list(METHODS))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="grouped.csv")
@@ -66,7 +72,10 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for name in args.datasets:
         for seed in args.seeds:
-            split = grouped_split(name, args.noise, seed, args.groups)
+            if args.scenario == "grouped":
+                split = grouped_split(name, args.noise, seed, args.groups)
+            else:
+                split = make_split(name, noise=args.noise, seed=seed)
             for method in args.methods:
                 start = time.perf_counter()
                 with quiet_lightning():
@@ -81,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
                     rows.append(
                         {
                             "dataset": name,
+                            "scenario": args.scenario,
                             "seed": seed,
                             "method": m,
                             "n_noisy": len(split.noisy),

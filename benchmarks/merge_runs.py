@@ -38,12 +38,34 @@ def merge(paths: list[str]) -> pd.DataFrame:
     return df.drop_duplicates(KEY, keep="last").reset_index(drop=True)
 
 
+def wins_markdown(df: pd.DataFrame, method: str, metric: str = "f1") -> str:
+    """Per dataset and noise rate: ``method``'s mean ``metric`` over seeds, the best baseline's, and who wins."""
+    lines = [
+        f"| noise | dataset | {method} | best baseline | baseline {metric} | {method} ahead |",
+        "|---|---|---|---|---|---|",
+    ]
+    baselines = df[df["kind"] == "baseline"]["method"].unique()
+    for (kind, rate), part in df.groupby(["noise_kind", "noise"], sort=True):
+        per = part.groupby(["dataset", "method"], sort=False)[metric].mean().unstack()
+        for d in dict.fromkeys(part["dataset"]):
+            if method not in per.columns or pd.isna(per.loc[d, method]):
+                continue
+            base = per.loc[d, [b for b in baselines if b in per.columns and b != "random"]].dropna()
+            ours = per.loc[d, method]
+            lines.append(
+                f"| {kind} {rate:.0%} | {d} | {ours:.3f} | {base.idxmax()} | {base.max():.3f} | "
+                f"{'yes' if ours > base.max() else '**no**'} |"
+            )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", help="runs.csv files, earliest first")
     p.add_argument("--datasets", nargs="+", default=None)
     p.add_argument("--methods", nargs="+", default=None, help="methods to keep, in table order")
     p.add_argument("--command", default=None, help="the commands that produced the runs (for the summary)")
+    p.add_argument("--wins", default=None, help="also write wins.md: this method against the best baseline")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     df = merge(args.runs)
@@ -60,6 +82,8 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "runs.csv", index=False)
     (out / "summary.md").write_text(summary_markdown(df, args.command))
+    if args.wins:
+        (out / "wins.md").write_text(wins_markdown(df, args.wins) + "\n")
     print(out / "summary.md")
 
 
