@@ -35,15 +35,15 @@ from lightning_dv.modules import MLPClassifier
 METHODS = ("aum", "nddv", "lossval")
 
 
-def make_objective(method: str, split, seed: int):
+def make_objective(method: str, split, seed: int, window: int | None = 10):
     if method == "aum":
         from lightning_dv.methods.aum import AUM
 
-        return AUM()
+        return AUM(window=window)
     if method == "nddv":
         from lightning_dv.methods.nddv import NDDV
 
-        return NDDV(seed=seed)
+        return NDDV(seed=seed, window=window)
     if method == "lossval":
         from lightning_dv.methods.lossval import LossVal
 
@@ -74,11 +74,11 @@ class SignalRecorder(Callback):
             self._add("nddv_weight", state.stats.last[:, 1])
 
 
-def run_one(split, method: str, seed: int, epochs: int):
+def run_one(split, method: str, seed: int, epochs: int, window: int | None = 10):
     L.seed_everything(seed, verbose=False)
     model = MLPClassifier(split.x_train.shape[1], split.num_classes, hidden=64)
     with quiet_lightning():
-        valuation = DataValuation(make_objective(method, split, seed))
+        valuation = DataValuation(make_objective(method, split, seed, window))
         recorder = SignalRecorder(valuation)
         trainer = quiet_trainer(epochs, callbacks=[valuation, recorder])
         start = time.perf_counter()
@@ -98,6 +98,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--read", nargs="+", type=int, default=[10, 30, 100])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="epochs.csv")
+    p.add_argument(
+        "--window", type=int, default=10, help="AUM/NDDV window in epochs (0: all epochs, for raw signals)"
+    )
     p.add_argument("--raw", default=None, help="folder for the per-epoch raw signals (.npz per fit)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -107,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
             for seed in args.seeds:
                 split = make_split(name, noise=noise, seed=seed)
                 for method in args.methods:
-                    traj, signals, seconds = run_one(split, method, seed, args.epochs)
+                    traj, signals, seconds = run_one(split, method, seed, args.epochs, args.window or None)
                     if args.raw:
                         Path(args.raw).mkdir(parents=True, exist_ok=True)
                         np.savez_compressed(
