@@ -9,7 +9,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-BUNDLED = ("digits", "breast_cancer", "wine", "iris", "diabetes", "gaussian", "classification")
+BUNDLED = (
+    "digits",
+    "breast_cancer",
+    "wine",
+    "iris",
+    "diabetes",
+    "gaussian",
+    "classification",
+    "overlap",
+    "moons",
+)
 REGRESSION = ("diabetes",)
 
 
@@ -39,7 +49,9 @@ def load_bundled(name: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
     Args:
         name: One of ``digits``, ``breast_cancer``, ``wine``, ``iris``, ``diabetes`` (regression),
-            ``gaussian`` (10000 x 10, logistic labels) or ``classification`` (sklearn's make_classification).
+            ``gaussian`` (10000 x 10, logistic labels), ``classification`` (sklearn's make_classification),
+            ``overlap`` (make_classification, 3 classes of 2 overlapping clusters each, class_sep 0.8)
+            or ``moons`` (two interleaved half circles, noise 0.25, plus 8 pure-noise features).
         seed: Seed of the synthetic generators.
 
     Example:
@@ -61,6 +73,22 @@ def load_bundled(name: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
             n_samples=5000, n_features=20, n_informative=10, n_classes=2, random_state=seed
         )
         return x.astype(np.float32), y.astype(np.int64)
+    if name == "overlap":
+        x, y = skd.make_classification(
+            n_samples=5000,
+            n_features=10,
+            n_informative=6,
+            n_redundant=2,
+            n_classes=3,
+            n_clusters_per_class=2,
+            class_sep=0.8,
+            random_state=seed,
+        )
+        return x.astype(np.float32), y.astype(np.int64)
+    if name == "moons":
+        x, y = skd.make_moons(n_samples=5000, noise=0.25, random_state=seed)
+        extra = np.random.default_rng(seed).normal(size=(len(x), 8))
+        return np.hstack([x, extra]).astype(np.float32), y.astype(np.int64)
     loaders = {
         "digits": skd.load_digits,
         "breast_cancer": skd.load_breast_cancer,

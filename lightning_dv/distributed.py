@@ -122,10 +122,15 @@ class RowStatistics(Float32Module):
     zero, so under DDP a mid-epoch checkpoint holds rank zero's partial epoch only: resume DDP
     runs from an epoch-end checkpoint (exact); a single process resumes exactly from either.
 
+    With ``window=W`` only the first ``W`` epochs a row is seen in enter its ``total`` (its mean
+    freezes after them; ``epochs`` and ``last`` keep counting): values that must not drift as
+    training goes on (late epochs memorise noisy labels) stop there.
+
     Args:
         num_rows: Number of training rows.
         width: Statistics per row (1: a ``(B,)`` update; otherwise ``(B, width)``).
         keep_last: Also keep the latest epoch's mean.
+        window: Number of epochs per row that enter ``total`` and ``mean()`` (None: all).
 
     Example:
         >>> stats = RowStatistics(3)
@@ -135,13 +140,21 @@ class RowStatistics(Float32Module):
         >>> _ = stats.update(torch.tensor([0]), torch.tensor([3.0])); _ = stats.reduce()
         >>> stats.mean().tolist()  # mean over the epochs each row was seen in (0 if never)
         [2.0, 0.0, 5.0]
+        >>> early = RowStatistics(1, window=1)
+        >>> for x in (1.0, 9.0): _ = early.update(torch.tensor([0]), torch.tensor([x])); _ = early.reduce()
+        >>> early.mean().tolist(), early.epochs.tolist()  # frozen after its first epoch
+        ([1.0], [2.0])
     """
 
-    def __init__(self, num_rows: int, width: int = 1, keep_last: bool = False) -> None:
+    def __init__(
+        self, num_rows: int, width: int = 1, keep_last: bool = False, window: int | None = None
+    ) -> None:
         super().__init__()
         if num_rows < 1:
             raise ValueError(f"a per-row statistic needs at least one training row; got {num_rows}.")
-        self.num_rows, self.width = int(num_rows), int(width)
+        if window is not None and window < 1:
+            raise ValueError(f"`window` must be a positive number of epochs or None; got {window}.")
+        self.num_rows, self.width, self.window = int(num_rows), int(width), window
         shape = (num_rows,) if width == 1 else (num_rows, width)
         self.sum = _frozen(torch.zeros(shape))
         self.count = _frozen(torch.zeros(num_rows))
@@ -168,7 +181,11 @@ class RowStatistics(Float32Module):
         fresh = count > 0
         mean = packed[fresh, :-1] / count[fresh, None]
         mean = mean.reshape(-1) if self.sum.ndim == 1 else mean
-        self.total[fresh] += mean
+        if self.window is None:
+            self.total[fresh] += mean
+        else:
+            open_ = self.epochs[fresh] < self.window
+            self.total[fresh.nonzero().squeeze(1)[open_]] += mean[open_]
         self.epochs[fresh] += 1.0
         if self.last is not None:
             self.last[fresh] = mean
@@ -177,8 +194,10 @@ class RowStatistics(Float32Module):
         return fresh
 
     def mean(self) -> Tensor:
-        """Per-row mean over the finished epochs the row was seen in (0 for rows never seen)."""
+        """Per-row mean over the finished epochs the row was seen in, the first ``window`` (0 if never seen)."""
         epochs = self.epochs.detach().clamp(min=1)
+        if self.window is not None:
+            epochs = epochs.clamp(max=self.window)
         return self.total.detach() / (epochs if self.total.ndim == 1 else epochs[:, None])
 
     def seen(self) -> Tensor:

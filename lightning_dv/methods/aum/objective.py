@@ -4,11 +4,16 @@ Margin Ranking", NeurIPS 2020) as a zero-parameter training-time objective.
 Each time row ``i`` is seen, before the optimizer step, its margin is recorded::
 
     M_t(i) = z_{y_i}(x_i) - max_{k != y_i} z_k(x_i)          (logits z, assigned label y_i)
-    AUM(i) = (1/T) sum_t M_t(i)                               (the value; higher = more valuable)
+    AUM(i) = (1/T) sum_{t <= T} M_t(i)                        (T = min(epochs, window))
+    value_i = calibrate(AUM)(i)                               (clipped robust score, compact upper half)
 
 Why: a mislabelled row is pulled towards its wrong label only by memorisation, against the
-generalisation from similar rows, so its margin stays low or negative for most of training.
-The objective changes nothing about training: the loss is the plain mean of the per-sample loss.
+generalisation from similar rows, so its margin stays low or negative early in training; the
+paper integrates up to the first learning-rate drop, before memorisation, and ``window`` (epochs)
+does the same, so the values do not depend on how long the user trains. The calibration
+(:mod:`lightning_dv.methods.calibration`) makes 2-means flagging match the ranking: clean margins
+have a long upper tail. The objective changes nothing about training: the loss is the plain mean
+of the per-sample loss.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from torch import Tensor, nn
 
 from lightning_dv.distributed import RowStatistics
 from lightning_dv.methods.base import ValuationObjective, ValuationState, ValuationStep
+from lightning_dv.methods.calibration import calibrate, check_calibration
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -61,19 +67,29 @@ def assigned_margin(outputs: Tensor, targets: Tensor) -> Tensor:
 
 
 class AUMState(ValuationState):
-    """Per-row margin statistics (sum and count of this epoch, total over epochs)."""
+    """Per-row margin statistics (sum and count of this epoch, total over the first ``window`` epochs)."""
 
-    def __init__(self, num_rows: int) -> None:
+    def __init__(self, num_rows: int, window: int | None = None) -> None:
         super().__init__(num_rows)
-        self.margin = RowStatistics(num_rows)
+        self.margin = RowStatistics(num_rows, window=window)
 
 
 class AUM(ValuationObjective):
-    """Area under the margin: the mean over training of each row's assigned-label margin.
+    """Area under the margin: the mean of each row's assigned-label margin over its first epochs.
 
     No learnable parameters and no change to training. Needs ``outputs=`` (logits) and
     ``targets=`` (integer labels) in ``valuation_loss``. A row that the sampler pads (DDP)
-    counts once per epoch; every rank exports the same values.
+    counts once per epoch; every rank exports the same values. The raw mean margin is exported
+    as the column ``aum_margin``.
+
+    Args:
+        window: Epochs per row whose margins enter the value (default 10); later epochs, in which
+            the model memorises flipped labels, leave it unchanged. ``None``: the whole training
+            (the paper's AUM when training is short).
+        calibration: ``"robust"`` (default; :func:`~lightning_dv.methods.calibration.calibrate`)
+            or ``"none"`` (the raw mean margin, as in the paper).
+        fence: Clip of the robust score in robust standard deviations (default ``max(3, 0.5 sqrt(N))``).
+        upper_scale: Factor on the scores above the median (order-preserving; 1 disables it).
 
     Example:
         >>> from lightning_dv import DataValuation
@@ -86,8 +102,23 @@ class AUM(ValuationObjective):
     name = "aum"
     needs = frozenset({"outputs", "targets"})
 
+    def __init__(
+        self,
+        window: int | None = 10,
+        calibration: str = "robust",
+        fence: float | None = None,
+        upper_scale: float = 0.1,
+    ) -> None:
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+            raise ValueError(
+                f"`window` must be a positive number of epochs or None (all epochs); got {window!r}."
+            )
+        check_calibration(calibration, fence, upper_scale)
+        self.window, self.calibration = window, calibration
+        self.fence, self.upper_scale = fence, float(upper_scale)
+
     def build(self, num_rows: int) -> AUMState:
-        return AUMState(num_rows)
+        return AUMState(num_rows, self.window)
 
     def loss(self, state: nn.Module, step: ValuationStep) -> Tensor:
         state.margin.update(step.idx, assigned_margin(step.outputs, step.targets))
@@ -99,7 +130,12 @@ class AUM(ValuationObjective):
         state.margin.reduce()
 
     def values(self, state: nn.Module) -> Tensor:
-        return state.margin.mean()
+        return calibrate(
+            state.margin.mean(), self.calibration, self.fence, self.upper_scale, seen=state.margin.seen()
+        )
 
     def extra_columns(self, state: nn.Module) -> dict[str, Tensor]:
-        return {"aum_epochs_seen": state.margin.epochs.detach().clone()}
+        return {
+            "aum_margin": state.margin.mean().clone(),
+            "aum_epochs_seen": state.margin.epochs.detach().clone(),
+        }

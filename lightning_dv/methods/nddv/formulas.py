@@ -8,8 +8,9 @@ terminal cost ``Phi_i = w_i CE(X_T,i, q_i)``::
     phi_i = v_i - mean_{j != i} v_j                                     (the paper's calibration)
     z_i   = clip((phi_i - median) / (1.4826 MAD), -fence, fence)        (the exported value)
 
-Why the clipped robust score: the marginal map is affine and keeps any heavy tail, which lets
-one extreme row own a 2-means cluster (measurements in docs/nddv.md).
+Why the clipped robust score (:mod:`lightning_dv.methods.calibration`, shared with AUM): the
+marginal map is affine and keeps any heavy tail, which lets one extreme row own a 2-means cluster
+(measurements in docs/nddv.md).
 """
 
 from __future__ import annotations
@@ -18,6 +19,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from lightning_dv.methods.calibration import robust_clip, robust_score
+
+__all__ = [
+    "marginal_calibration",
+    "robust_clip",
+    "robust_score",
+    "state_costate_value",
+    "target_distribution",
+    "terminal_probabilities",
+]
 
 
 def terminal_probabilities(outputs: Tensor) -> Tensor:
@@ -95,40 +107,3 @@ def marginal_calibration(raw: Tensor) -> Tensor:
     if n < 2:
         return raw.clone()
     return raw * (1 + 1 / (n - 1)) - raw.sum() / (n - 1)
-
-
-def robust_score(x: Tensor) -> Tensor:
-    """Median/MAD standard score ``(x - median) / (1.4826 MAD)`` (the mean absolute deviation if MAD is 0).
-
-    Example:
-        >>> robust_score(torch.tensor([1.0, 2.0, 3.0, 100.0])).round(decimals=2).tolist()
-        [-0.67, 0.0, 0.67, 66.1]
-    """
-    x = x.double()
-    med = x.median()
-    scale = 1.4826 * (x - med).abs().median()
-    if not scale > 0:  # more than half the rows tie
-        scale = (x - med).abs().mean()
-    if not scale > 0:
-        return torch.zeros_like(x)
-    return (x - med) / scale
-
-
-def robust_clip(x: Tensor, fence: float | None = None, upper_scale: float = 1.0) -> Tensor:
-    """Robust standard score clipped to ``[-fence, fence]``: the bulk is untouched, no row can own a cluster.
-
-    A single row at distance ``d`` from ``n`` others of standard deviation ``s`` forms its own
-    2-means cluster only when ``d^2 > (2 / pi) n s^2``, i.e. ``d > ~0.8 sqrt(n) s``. The default
-    fence ``max(3, 0.5 sqrt(n))`` robust standard deviations stays below that, whatever the tail.
-    ``upper_scale < 1`` then compresses the scores above the median (strictly monotone, so the
-    order of the rows, hence AUROC and any ranking, is unchanged).
-
-    Example:
-        >>> v = torch.cat([torch.linspace(-1, 1, 99), torch.tensor([1e6])])
-        >>> out = robust_clip(v)
-        >>> float(out.max()) == 0.5 * 100 ** 0.5 and bool((out.argsort()[:99] == v.argsort()[:99]).all())
-        True
-    """
-    fence = max(3.0, 0.5 * x.numel() ** 0.5) if fence is None else float(fence)
-    z = robust_score(x).clamp(-fence, fence)
-    return torch.where(z > 0, z * upper_scale, z).float()

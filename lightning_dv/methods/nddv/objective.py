@@ -9,9 +9,10 @@ with ``X_T,i`` the output probabilities of row ``i`` (its terminal state) and ``
 over the epoch (each row once) and reduced across ranks at epoch end (uniform before the first).
 Every time a row is seen its state x costate value ``v_i`` is recorded (see
 :mod:`~lightning_dv.methods.nddv.formulas`); the exported value is the robust, clipped score of
-the paper's marginal calibration of ``v_i`` averaged over epochs. Why the epoch average: late in
-training the network memorises noisy labels and their terminal value rises; the average keeps
-the early evidence. Measurements and design history: docs/nddv.md.
+the paper's marginal calibration of ``v_i`` averaged over the first ``window`` epochs a row is
+seen in (10 by default). Why: late in training the network memorises noisy labels and their
+terminal value rises; averaging early epochs only keeps the evidence and makes the values
+independent of how long the user trains. Measurements and design history: docs/nddv.md.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch import Tensor, nn
 
 from lightning_dv._validation import check_choice
 from lightning_dv.methods.base import ValuationObjective, ValuationStep
+from lightning_dv.methods.calibration import calibrate, check_calibration
 from lightning_dv.methods.nddv.dynamics import ControlledDynamicsNet
 from lightning_dv.methods.nddv.formulas import (
     marginal_calibration,
@@ -63,8 +65,11 @@ class NDDV(MetaWeighting, ValuationObjective):
             (order-preserving): the clean bulk becomes compact, so 2-means cuts in the low tail
             where corrupted rows sit instead of inside the clean rows. 1 disables it.
         aggregate: ``"mean"`` (default): a row's value is the mean of its state x costate values
-            over the epochs it was seen (the value integrated along training, robust to late
-            memorisation of noisy labels); ``"last"``: the value of the latest epoch.
+            over the epochs it was seen (the first ``window`` of them); ``"last"``: the value of
+            the latest epoch.
+        window: With ``aggregate="mean"``, the number of epochs per row that enter the mean
+            (default 10): later epochs, in which the model memorises flipped labels, leave the
+            values unchanged, so they do not depend on the training length. ``None``: all epochs.
         lr: Adam learning rate of the weights (softplus) or of the weight network (meta).
             Default 0.01 for softplus (0.05 measured worse), 1e-3 for meta (Meta-Weight-Net's setting).
         pseudo_lr: Step size of the differentiable SGD pseudo-update in the meta step.
@@ -96,6 +101,7 @@ class NDDV(MetaWeighting, ValuationObjective):
         interaction: float = 1.0,
         calibration: str = "robust",
         aggregate: str = "mean",
+        window: int | None = 10,
         fence: float | None = None,
         upper_scale: float = 0.1,
         lr: float | None = None,
@@ -115,10 +121,11 @@ class NDDV(MetaWeighting, ValuationObjective):
             )
         if interaction < 0:
             raise ValueError(f"`interaction` must be >= 0; got {interaction}.")
-        if not 0 < upper_scale <= 1:
-            raise ValueError(f"`upper_scale` must lie in (0, 1]; got {upper_scale}.")
-        if fence is not None and fence <= 0:
-            raise ValueError(f"`fence` must be > 0 (robust standard deviations); got {fence}.")
+        check_calibration("robust", fence, upper_scale)
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+            raise ValueError(
+                f"`window` must be a positive number of epochs or None (all epochs); got {window!r}."
+            )
         if lr is not None and lr <= 0:
             raise ValueError(f"`lr` must be > 0; got {lr}.")
         if pseudo_lr <= 0 or meta_batch_size < 1 or hidden < 1:
@@ -127,6 +134,7 @@ class NDDV(MetaWeighting, ValuationObjective):
                 f"{meta_batch_size}, {hidden}."
             )
         self.weighting, self.calibration, self.aggregate = weighting, calibration, aggregate
+        self.window = window if aggregate == "mean" else None
         self.interaction, self.fence, self.upper_scale = float(interaction), fence, float(upper_scale)
         self.lr = float(lr if lr is not None else (0.01 if weighting == "softplus" else 1e-3))
         self.pseudo_lr, self.meta_batch_size = float(pseudo_lr), meta_batch_size
@@ -139,7 +147,7 @@ class NDDV(MetaWeighting, ValuationObjective):
     # -- lifecycle ------------------------------------------------------------------------------
     def build(self, num_rows: int) -> NDDVState:
         self._meta_optimizer = None
-        return NDDVState(num_rows, self.weighting, self.hidden)
+        return NDDVState(num_rows, self.weighting, self.hidden, window=self.window)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: nn.Module) -> None:
         if self.weighting == "meta":
@@ -246,11 +254,10 @@ class NDDV(MetaWeighting, ValuationObjective):
 
     # -- values ---------------------------------------------------------------------------------
     def raw_values(self, state: NDDVState) -> Tensor:
-        """Per-row state x costate value: the mean over the epochs the row was seen, or the latest one."""
+        """Per-row state x costate value: the mean over the (first ``window``) epochs the row was seen, or the latest."""
         if self.aggregate == "last":
             return state.raw_value.detach().clone()
-        count = state.seen.detach()
-        return torch.where(count > 0, state.value_sum.detach() / count.clamp(min=1), torch.zeros_like(count))
+        return state.value_mean.detach().clone()
 
     def marginal_values(self, state: NDDVState) -> Tensor:
         """The paper's calibrated value ``phi_i = v_i - mean_{j != i} v_j`` over the rows seen so far."""
@@ -265,19 +272,14 @@ class NDDV(MetaWeighting, ValuationObjective):
         phi = self.marginal_values(state)
         if self.calibration == "marginal":
             return phi
-        seen = state.seen.detach() > 0
-        out = torch.zeros_like(phi)  # rows never seen sit at the median
-        if bool(seen.any()):
-            out[seen] = robust_clip(phi[seen], self.fence, self.upper_scale).to(out)
-        return out
+        return calibrate(phi, "robust", self.fence, self.upper_scale, seen=state.seen.detach() > 0)
 
     def extra_columns(self, state: nn.Module) -> dict[str, Tensor]:
         weight = state.weights.all() if state.weights is not None else state.weight.detach()
-        count = state.seen.detach()
-        mean = torch.where(count > 0, state.value_sum.detach() / count.clamp(min=1), torch.zeros_like(count))
+        mean = state.value_mean.detach().clone()
         return {
             "nddv_state_costate": state.raw_value.detach().clone(),  # latest epoch
-            "nddv_state_costate_mean": mean,  # mean over the epochs the row was seen
+            "nddv_state_costate_mean": mean,  # mean over the (first `window`) epochs the row was seen
             "nddv_marginal": self.marginal_values(state),
             "nddv_weight": weight.clone(),
         }

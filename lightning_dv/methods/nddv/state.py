@@ -72,7 +72,7 @@ class NDDVState(ValuationState):
     partial epoch included.
     """
 
-    def __init__(self, num_rows: int, weighting: str, hidden: int) -> None:
+    def __init__(self, num_rows: int, weighting: str, hidden: int, window: int | None = None) -> None:
         super().__init__(num_rows)
         self.weights = (
             SampleWeights(num_rows, init=1.0, constraint="softplus") if weighting == "softplus" else None
@@ -81,7 +81,7 @@ class NDDVState(ValuationState):
         if self.weight_net is not None:
             for p in self.weight_net.parameters():
                 p.requires_grad_(False)  # trained by the objective's own meta step, invisible to DDP
-        self.stats = RowStatistics(num_rows, width=2, keep_last=True)
+        self.stats = RowStatistics(num_rows, width=2, keep_last=True, window=window)
         with torch.no_grad():
             self.stats.last[:, WEIGHT] = 1.0  # weight of a row never seen
         self.mean_field = _frozen(torch.zeros(0))  # (K,) once the number of classes is known
@@ -107,8 +107,13 @@ class NDDVState(ValuationState):
 
     @property
     def value_sum(self) -> Tensor:
-        """Sum over epochs of the state x costate value per row."""
+        """Sum over epochs (the first ``window``) of the state x costate value per row."""
         return self.stats.total[:, VALUE]
+
+    @property
+    def value_mean(self) -> Tensor:
+        """Mean over the epochs the row was seen in (the first ``window``) of its state x costate value."""
+        return self.stats.mean()[:, VALUE]
 
     def dynamics_field(self, name: str) -> WeightedMean:
         """The running weighted sum of the terminal states of the ControlledDynamicsNet ``name``."""

@@ -1,0 +1,97 @@
+"""Calibration shared by the training-time methods: a clipped, upper-compressed robust standard score.
+
+For raw per-row values ``x`` (any scale, any tail)::
+
+    z_i = (x_i - median(x)) / (1.4826 MAD(x))                       (robust standard score)
+    c_i = clip(z_i, -fence, fence) * (upper_scale if z_i > 0 else 1)  (the exported value)
+
+with ``fence = max(3, 0.5 sqrt(N))`` by default. Why: detection by 2-means on the values (the
+OpenDataVal protocol, and what a user's "flag the low cluster" does) is ruined by a heavy tail,
+one extreme row owns a cluster, and by a long upper tail of clean rows, the cut then falls inside
+the clean bulk; the map is strictly increasing below the fence, so the ranking (AUROC) is kept.
+Measurements: docs/nddv.md (NDDV) and benchmarks/README.md (AUM).
+
+Example:
+    >>> import torch
+    >>> margins = torch.tensor([-2.0, -1.5, 3.0, 3.5, 4.0, 4.5, 50.0])
+    >>> [round(v, 2) for v in calibrate(margins).tolist()]  # clipped at 3, clean tail compressed
+    [-3.0, -3.0, -0.34, 0.0, 0.03, 0.07, 0.3]
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lightning_dv._validation import check_choice
+
+CALIBRATIONS = ("robust", "none")
+
+
+def robust_score(x: Tensor) -> Tensor:
+    """Median/MAD standard score ``(x - median) / (1.4826 MAD)`` (the mean absolute deviation if MAD is 0).
+
+    Example:
+        >>> robust_score(torch.tensor([1.0, 2.0, 3.0, 100.0])).round(decimals=2).tolist()
+        [-0.67, 0.0, 0.67, 66.1]
+    """
+    x = x.double()
+    med = x.median()
+    scale = 1.4826 * (x - med).abs().median()
+    if not scale > 0:  # more than half the rows tie
+        scale = (x - med).abs().mean()
+    if not scale > 0:
+        return torch.zeros_like(x)
+    return (x - med) / scale
+
+
+def robust_clip(x: Tensor, fence: float | None = None, upper_scale: float = 1.0) -> Tensor:
+    """Robust standard score clipped to ``[-fence, fence]``: the bulk is untouched, no row can own a cluster.
+
+    A single row at distance ``d`` from ``n`` others of standard deviation ``s`` forms its own
+    2-means cluster only when ``d^2 > (2 / pi) n s^2``, i.e. ``d > ~0.8 sqrt(n) s``. The default
+    fence ``max(3, 0.5 sqrt(n))`` robust standard deviations stays below that, whatever the tail.
+    ``upper_scale < 1`` then compresses the scores above the median (strictly monotone, so the
+    order of the rows, hence AUROC and any ranking, is unchanged).
+
+    Example:
+        >>> v = torch.cat([torch.linspace(-1, 1, 99), torch.tensor([1e6])])
+        >>> out = robust_clip(v)
+        >>> float(out.max()) == 0.5 * 100 ** 0.5 and bool((out.argsort()[:99] == v.argsort()[:99]).all())
+        True
+    """
+    fence = max(3.0, 0.5 * x.numel() ** 0.5) if fence is None else float(fence)
+    z = robust_score(x).clamp(-fence, fence)
+    return torch.where(z > 0, z * upper_scale, z).float()
+
+
+def check_calibration(calibration: str, fence: float | None, upper_scale: float) -> None:
+    """Validate the calibration arguments of an objective (the errors name the argument)."""
+    check_choice("calibration", calibration, CALIBRATIONS)
+    if not 0 < upper_scale <= 1:
+        raise ValueError(f"`upper_scale` must lie in (0, 1]; got {upper_scale}.")
+    if fence is not None and fence <= 0:
+        raise ValueError(f"`fence` must be > 0 (robust standard deviations); got {fence}.")
+
+
+def calibrate(
+    values: Tensor,
+    calibration: str = "robust",
+    fence: float | None = None,
+    upper_scale: float = 0.1,
+    seen: Tensor | None = None,
+) -> Tensor:
+    """Exported values from raw per-row values: ``robust_clip`` over the ``seen`` rows, or unchanged.
+
+    Rows not ``seen`` (never visited in a finished epoch) sit at the median, 0. ``"none"`` returns
+    the raw values (unseen rows keep theirs).
+    """
+    check_calibration(calibration, fence, upper_scale)
+    values = values.detach()
+    if calibration == "none":
+        return values.clone()
+    seen = torch.ones_like(values, dtype=torch.bool) if seen is None else seen.bool()
+    out = torch.zeros_like(values)
+    if bool(seen.any()):
+        out[seen] = robust_clip(values[seen], fence, upper_scale).to(out)
+    return out

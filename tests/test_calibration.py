@@ -1,0 +1,150 @@
+"""The shared calibration, the per-row epoch window and the AUM / NDDV options built on them."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import MLP, MarginObjective, contract_data, loader, seeded, trainer_kwargs
+
+from lightning_dv import DataValuation
+from lightning_dv.datasets import load_bundled, make_split
+from lightning_dv.distributed import RowStatistics
+from lightning_dv.methods.aum import AUM
+from lightning_dv.methods.base import ValuationStep
+from lightning_dv.methods.calibration import calibrate, robust_clip
+from lightning_dv.methods.nddv import NDDV
+
+
+def reference_calibration(x: np.ndarray, fence: float, upper: float) -> np.ndarray:
+    """Median/MAD score, clipped, upper half scaled: written out in numpy."""
+    med = np.median(x)
+    mad = 1.4826 * np.median(np.abs(x - med))
+    z = np.clip((x - med) / mad, -fence, fence)
+    return np.where(z > 0, z * upper, z)
+
+
+def test_calibrate_matches_the_closed_form_and_keeps_the_order():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.standard_cauchy(199), [1e6, -1e6]])  # odd length: torch's median is numpy's
+    out = calibrate(torch.as_tensor(x), upper_scale=0.2).numpy()
+    fence = max(3.0, 0.5 * np.sqrt(len(x)))
+    np.testing.assert_allclose(out, reference_calibration(x, fence, 0.2), rtol=1e-5, atol=1e-5)
+    assert (np.diff(out[np.argsort(x, kind="stable")]) >= 0).all()  # monotone: AUROC unchanged
+    assert out.max() <= 0.2 * fence + 1e-6 and out.min() >= -fence - 1e-6
+
+
+def test_calibrate_unseen_rows_sit_at_the_median_and_none_is_identity():
+    x = torch.tensor([5.0, -3.0, 1.0, 2.0, 100.0])
+    seen = torch.tensor([True, True, True, True, False])
+    out = calibrate(x, seen=seen, fence=3.0)
+    assert out[4] == 0
+    torch.testing.assert_close(out[:4], robust_clip(x[:4], 3.0, 0.1))
+    torch.testing.assert_close(calibrate(x, "none"), x)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"calibration": "zscore"}, "calibration"),
+        ({"upper_scale": 0.0}, "upper_scale"),
+        ({"fence": -1}, "fence"),
+    ],
+)
+def test_calibrate_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        calibrate(torch.ones(3), **kwargs)
+    if "calibration" not in kwargs:
+        with pytest.raises(ValueError, match=match):
+            AUM(**kwargs)
+
+
+def test_row_statistics_window_against_brute_force():
+    """Random records over 5 epochs (rows repeated, some epochs skipped): the mean of the first 2 epoch means."""
+    rng = np.random.default_rng(1)
+    stats = RowStatistics(6, window=2)
+    epoch_means: dict[int, list[float]] = {i: [] for i in range(6)}
+    for _ in range(5):
+        rows = rng.integers(0, 6, size=8)
+        vals = rng.normal(size=8)
+        stats.update(torch.as_tensor(rows), torch.as_tensor(vals, dtype=torch.float32))
+        stats.reduce()
+        for r in set(rows.tolist()):
+            epoch_means[r].append(float(vals[rows == r].mean()))
+    expected = [np.mean(m[:2]) if m else 0.0 for m in epoch_means.values()]
+    np.testing.assert_allclose(stats.mean().numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert stats.epochs.tolist() == [float(len(m)) for m in epoch_means.values()]
+    with pytest.raises(ValueError, match="window"):
+        RowStatistics(3, window=0)
+
+
+def _fit(objective, epochs, seed=0):
+    x, y, _, _ = contract_data()
+    seeded(seed)
+    valuation = DataValuation(objective)
+    L.Trainer(max_epochs=epochs, callbacks=[valuation], **trainer_kwargs()).fit(
+        MLP(x.shape[1], 3), loader(x, y, batch_size=16, seed=seed)
+    )
+    return valuation.values
+
+
+def test_aum_window_freezes_values_and_raw_mode_is_the_papers_mean_margin():
+    """window=2 over 4 epochs: the values stop changing after epoch 2; window=None, calibration='none'
+    equals the plain area-under-the-margin accumulator of the same fit."""
+    frozen = _fit(AUM(window=2), epochs=4)
+    traj = np.asarray(frozen.trajectory)
+    np.testing.assert_array_equal(traj[1], traj[3])
+    assert not np.array_equal(traj[0], traj[1])
+    margin = torch.as_tensor(np.asarray(frozen.columns["aum_margin"]))
+    np.testing.assert_allclose(frozen.values, calibrate(margin).numpy(), rtol=1e-6)
+    raw = _fit(AUM(window=None, calibration="none"), epochs=3)
+    reference = _fit(MarginObjective(), epochs=3)
+    np.testing.assert_allclose(raw.values, reference.values, rtol=1e-6)
+
+
+def test_nddv_window_freezes_the_mean_after_window_epochs():
+    torch.manual_seed(0)
+    logits = [torch.randn(6, 3) for _ in range(3)]
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    objective = NDDV(calibration="marginal", interaction=0.0, window=2)
+    state = objective.build(6)
+    per_epoch = []
+    for z in logits:
+        out = z.clone().requires_grad_(True)
+        objective.loss(
+            state, ValuationStep(F.cross_entropy(out, y, reduction="none"), torch.arange(6), None, out, y)
+        ).backward()
+        objective.sync(state)
+        per_epoch.append(state.raw_value.detach().clone())
+    torch.testing.assert_close(objective.raw_values(state), (per_epoch[0] + per_epoch[1]) / 2)
+    with pytest.raises(ValueError, match="window"):
+        NDDV(window=0)
+
+
+def test_aum_calibration_flags_label_noise_like_its_ranking():
+    """Digits, 10% label noise, 10 epochs: calibrated 2-means F1 close to the share found in the lowest 10%."""
+    from lightning_dv.metrics import detection_auroc, kmeans_f1
+
+    s = make_split("digits", noise=0.1, seed=3, n_train=500, n_test=100)
+    seeded(3)
+    valuation = DataValuation(AUM())
+    L.Trainer(max_epochs=10, callbacks=[valuation], **trainer_kwargs()).fit(
+        MLP(s.x_train.shape[1], s.num_classes), loader(s.x_train, s.y_train, seed=3)
+    )
+    v = valuation.values
+    raw = np.asarray(v.columns["aum_margin"])
+    assert detection_auroc(v.values, s.noisy) > 0.95
+    assert kmeans_f1(v.values, s.noisy) > 0.7 > kmeans_f1(raw, s.noisy) + 0.1
+
+
+@pytest.mark.parametrize("name", ["overlap", "moons"])
+def test_synthetic_generators_are_deterministic_classification_sets(name):
+    x, y = load_bundled(name, seed=4)
+    x2, y2 = load_bundled(name, seed=4)
+    np.testing.assert_array_equal(x, x2)
+    assert x.dtype == np.float32 and y.dtype == np.int64 and len(x) == 5000
+    assert set(np.unique(y).tolist()) == ({0, 1, 2} if name == "overlap" else {0, 1})
+    s = make_split(name, noise=0.2, seed=0)
+    assert len(s.x_train) == 1000 and len(s.noisy) == 200
