@@ -110,7 +110,7 @@ def test_value_end_to_end_on_a_csv_with_string_labels_and_ids(tmp_path, capsys):
         "label",
         "predicted_label",
     ]
-    assert values.method == "nddv" and values.metadata["label_column"] == "animal"
+    assert values.method == "aum" and values.metadata["label_column"] == "animal"
     assert values.ids.tolist() == df["key"].tolist() and values.labels.tolist() == df["animal"].tolist()
     assert set(values.columns["predicted_label"]) <= {"cat", "dog", "=cow"}
     assert detection_auroc(values.values, flipped) > 0.8
