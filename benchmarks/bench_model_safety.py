@@ -37,6 +37,7 @@ from lightning_dv.modules import MLPClassifier
 ENTRIES = {
     "plain fit": (None, None, 30),
     "lossval (plain)": ("lossval", "plain", 30),
+    "lossval (plain, final weights)": ("lossval_weights", "plain", 30),
     "lossval (reweight)": ("lossval", "reweight", 30),
     "lossval (objective)": ("lossval", "objective", 30),
     "lossval (objective, user CE = before)": ("lossval_user", "objective", 30),
@@ -82,7 +83,10 @@ class SoftmaxMLP(MLPClassifier):
 def loss_form_rows(split: Split, seed: int) -> list[dict]:
     """LossVal's values with the loss written two ways, before (formula on the user's loss) and after (defaults)."""
     rows = []
-    for when, kw, mode in (("before", {"task_loss": "user"}, "objective"), ("after", {}, None)):
+    for when, kw, mode in (
+        ("before", {"task_loss": "user", "signal": "weights"}, "objective"),
+        ("after", {}, None),
+    ):
         for form, cls in (
             ("logits + F.cross_entropy", MLPClassifier),
             ("softmax + -log(p + 1e-8)", SoftmaxMLP),
@@ -110,8 +114,10 @@ def loss_form_rows(split: Split, seed: int) -> list[dict]:
 def _objective(kind: str, split: Split, seed: int):
     if kind == "lossval":
         return LossVal(validation=(split.x_valid, split.y_valid))
-    if kind == "lossval_user":
-        return LossVal(validation=(split.x_valid, split.y_valid), task_loss="user")
+    if kind == "lossval_weights":  # the values before the trajectory signal: the final weights
+        return LossVal(validation=(split.x_valid, split.y_valid), signal="weights")
+    if kind == "lossval_user":  # yesterday's default: the formula on the user's loss, final weights
+        return LossVal(validation=(split.x_valid, split.y_valid), task_loss="user", signal="weights")
     return NDDV(seed=seed)
 
 
