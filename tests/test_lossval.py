@@ -57,7 +57,7 @@ def test_tensorboard_histogram_every_epoch_and_export(tmp_path, small):
     assert "data_values/lossval/trajectories" in acc.Tags()["images"]
     back = DataValues.load(out)
     np.testing.assert_allclose(back.values, cb.values.values)
-    np.testing.assert_allclose(back.values, model.dv_state.weights.all().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(back.values, model.dv_state.trajectory.mean().numpy(), rtol=1e-6)
     assert back.trajectory.shape == (3, len(small.x_train))
     np.testing.assert_allclose(back.trajectory[-1], back.values, rtol=1e-6)
     assert sorted(back.index.tolist()) == list(range(len(small.x_train)))
@@ -121,7 +121,9 @@ def test_regression_flags_corrupted_targets():
 
 @pytest.mark.parametrize("constraint", ["softplus", "clamp"])
 def test_positive_constraints(small, constraint):
-    cb, _, _ = fit(small, epochs=3, objective_kwargs={"constraint": constraint, "lr": 0.1})
+    cb, _, _ = fit(
+        small, epochs=3, objective_kwargs={"constraint": constraint, "lr": 0.1, "signal": "weights"}
+    )
     assert (cb.values.values >= 0).all()
 
 

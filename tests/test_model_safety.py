@@ -165,3 +165,44 @@ def test_lossval_without_validation_uses_the_fits_validation_loader(split):
     np.testing.assert_array_equal(given.values.values, from_fit.values.values)
     with pytest.raises(ValueError, match="no `validation=` and the fit has no validation dataloader"):
         fit(split, LossVal())
+
+
+def _test_accuracy(model, split):
+    model.eval()
+    with torch.no_grad():
+        pred = model(torch.as_tensor(split.x_test, dtype=torch.float32)).argmax(1).numpy()
+    return float((pred == split.y_test).mean())
+
+
+def test_lossval_default_does_not_reduce_test_accuracy_and_beats_its_final_weights(split):
+    from sklearn.metrics import roc_auc_score
+
+    _, _, plain = fit(split, model_cls=PlainMLP, epochs=5)
+    cb, _, model = fit(split, LossVal(validation=(split.x_valid, split.y_valid)), epochs=5)
+    assert _test_accuracy(model, split) >= _test_accuracy(plain, split)
+    weights, _, _ = fit(split, LossVal(validation=(split.x_valid, split.y_valid), signal="weights"), epochs=5)
+    noisy = np.zeros(len(split.y_train), dtype=bool)
+    noisy[split.noisy] = True
+    auroc = {k: roc_auc_score(noisy, -c.values.values) for k, c in (("traj", cb), ("w", weights))}
+    assert auroc["traj"] > auroc["w"] and auroc["traj"] > 0.85, auroc
+
+
+def test_lossval_trajectory_is_the_mean_standardised_descent_of_the_weights_gradient():
+    from lightning_dv.methods.base import ValuationStep
+
+    torch.manual_seed(0)
+    x_val, objective = torch.randn(20, 3), None
+    objective = LossVal(validation=x_val)
+    state = objective.build(num_rows=6)
+    objective._val_features = x_val
+    expected = torch.zeros(6)
+    for rows in (torch.tensor([0, 1, 2, 3]), torch.tensor([2, 3, 4, 5])):
+        step = ValuationStep(torch.rand(4) + 0.1, rows, inputs=torch.randn(4, 3))
+        loss = objective.loss(state, step)
+        (grad,) = torch.autograd.grad(loss, state.weights.raw, retain_graph=True)
+        loss.backward()
+        g = grad[rows].double()
+        expected[rows] += (-(g - g.mean()) / g.std()).float()
+    objective.on_train_epoch_end(None, None, state)
+    expected[2:4] /= 2  # rows 2, 3 were seen twice in the epoch: their epoch mean
+    torch.testing.assert_close(objective.values(state), expected, rtol=1e-5, atol=1e-5)
