@@ -287,7 +287,7 @@ class SignalAt(Callback):
 def test_interrupted_fit_exports_partial_values(data, tmp_path, sig, exc):
     x, y, x_val, _ = data
     out = tmp_path / "v.npz"
-    cb = DataValuation(LossVal(validation=x_val), export_path=out)
+    cb = DataValuation(LossVal(validation=x_val, signal="weights"), export_path=out)
     model = Variant()
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     try:

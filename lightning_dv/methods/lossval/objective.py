@@ -112,7 +112,7 @@ def standardised_descent(grad: Tensor) -> Tensor:
     std = g.std() if g.numel() > 1 else g.new_zeros(())
     if not (bool(torch.isfinite(g).all()) and std > 0):
         return torch.zeros_like(g, dtype=torch.float32)
-    return (-(g - g.mean()) / std).float()
+    return ((g.mean() - g) / std).float()
 
 
 class _TrajectoryHook:
