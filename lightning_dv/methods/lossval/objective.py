@@ -19,7 +19,8 @@ standardised descent direction of that loss,
 memorises the noisy rows late in training, the loss signal fades and Adam's per-row
 normalisation keeps only its sign, so the final weights separate noisy rows less than the
 formula-driven fit did; the trajectory of the weights' own gradient keeps the early signal
-(protocol sets, 10% noise: F1 0.42 -> see docs/model_safety.md).
+(protocol sets, MLP, seeds 0-2: F1 / AUROC 0.687 / 0.946 at 10% noise against 0.583 / 0.937
+for the formula-driven fit and 0.42 / 0.89 for the final weights; docs/model_safety.md).
 
 ``l_i`` is, by default (``task_loss="auto"``), the paper's own bounded cross-entropy
 ``-log(softmax(z_i)[y_i] + 1e-8)`` computed from the outputs and integer targets when the
