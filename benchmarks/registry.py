@@ -185,7 +185,7 @@ def _lossval_reference(split: Split, seed: int) -> DataValues:
 @register(
     "lossval",
     kind="project",
-    description="LossVal, 30 epochs, MLP(64), Lightning fit (defaults: model on the plain loss)",
+    description="LossVal, 30 epochs, MLP(64), Lightning fit (defaults: model on the plain loss, trajectory values)",
 )
 def _lossval(split: Split, seed: int) -> DataValues:
     loss_val = project_class("lossval")

@@ -108,12 +108,16 @@ def standardised_descent(grad: Tensor) -> Tensor:
     Example:
         >>> standardised_descent(torch.tensor([1.0, 2.0, 3.0])).tolist()
         [1.0, 0.0, -1.0]
+        >>> standardised_descent(torch.tensor([1.0, float("inf")])).tolist()  # a skipped AMP step
+        [0.0, 0.0]
     """
-    g = grad.detach().double().reshape(-1)
-    std = g.std() if g.numel() > 1 else g.new_zeros(())
-    if not (bool(torch.isfinite(g).all()) and std > 0):
-        return torch.zeros_like(g, dtype=torch.float32)
-    return ((g.mean() - g) / std).float()
+    g = grad.detach().float().reshape(-1)
+    if g.numel() < 2:
+        return torch.zeros_like(g)
+    centred = g.mean() - g
+    std = g.std()
+    ok = torch.isfinite(g).all() & (std > 0)  # no host sync: the hook runs inside every backward
+    return torch.where(ok, centred / torch.where(ok, std, 1.0), 0.0)
 
 
 class _TrajectoryHook:
