@@ -187,10 +187,14 @@ def _lossval_reference(split: Split, seed: int) -> DataValues:
     kind="project",
     description="LossVal, 30 epochs, MLP(64), Lightning fit (defaults: model on the plain loss, trajectory values)",
 )
-def _lossval(split: Split, seed: int) -> DataValues:
+def _lossval(split: Split, seed: int, model_loss: str | None = None) -> DataValues:
     loss_val = project_class("lossval")
     return fit_with_objective(
-        split, seed, lambda: loss_val(validation=(split.x_valid, split.y_valid)), epochs=30
+        split,
+        seed,
+        lambda: loss_val(validation=(split.x_valid, split.y_valid)),
+        epochs=30,
+        model_loss=model_loss,
     )
 
 
@@ -200,14 +204,7 @@ def _lossval(split: Split, seed: int) -> DataValues:
     description="LossVal, 30 epochs, the model trained on the learned weights (model_loss='reweight')",
 )
 def _lossval_reweight(split: Split, seed: int) -> DataValues:
-    loss_val = project_class("lossval")
-    return fit_with_objective(
-        split,
-        seed,
-        lambda: loss_val(validation=(split.x_valid, split.y_valid)),
-        epochs=30,
-        model_loss="reweight",
-    )
+    return _lossval(split, seed, model_loss="reweight")
 
 
 @register(
@@ -216,14 +213,7 @@ def _lossval_reweight(split: Split, seed: int) -> DataValues:
     description="LossVal, 30 epochs, the paper's formula drives the model",
 )
 def _lossval_objective(split: Split, seed: int) -> DataValues:
-    loss_val = project_class("lossval")
-    return fit_with_objective(
-        split,
-        seed,
-        lambda: loss_val(validation=(split.x_valid, split.y_valid)),
-        epochs=30,
-        model_loss="objective",
-    )
+    return _lossval(split, seed, model_loss="objective")
 
 
 #: NDDV epochs in the benchmark: its values average each row's first ``window=10`` epochs and
