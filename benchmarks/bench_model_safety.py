@@ -26,9 +26,9 @@ import torch
 from torch import nn
 
 from benchmarks.fitting import indexed_loader, quiet_trainer
-from benchmarks.lossval_reference import lossval_reference, paper_mlp
+from benchmarks.lossval_reference import paper_mlp
 from benchmarks.protocol import evaluate
-from benchmarks.registry import quiet_lightning
+from benchmarks.registry import get_method, quiet_lightning
 from lightning_dv import NDDV, DataValuation, LossVal
 from lightning_dv.datasets import Split, make_split
 from lightning_dv.modules import MLPClassifier
@@ -146,15 +146,7 @@ def run_entry(split: Split, seed: int, entry: str, model_fn, epochs_override: in
 
 def run_reference(split: Split, seed: int) -> dict:
     t0 = time.perf_counter()
-    dv = lossval_reference(
-        split.x_train,
-        split.y_train,
-        split.x_valid,
-        split.num_classes,
-        seed=seed,
-        x_test=split.x_test,
-        y_test=split.y_test,
-    )
+    dv = get_method("lossval_reference").fn(split, seed)
     wall = time.perf_counter() - t0
     return {
         "entry": "lossval_reference (paper loop, 5x100 MLP)",
