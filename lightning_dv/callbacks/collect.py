@@ -147,15 +147,15 @@ class RowLabels:
     """
 
     def __init__(self, num_rows: int, device: torch.device) -> None:
-        self.labels = torch.full((num_rows,), -1, dtype=torch.long, device=device)
+        self.labels = torch.full((num_rows,), -1, dtype=torch.int32, device=device)  # 4 bytes per row
 
     def record(self, idx: Tensor, targets: object) -> None:
         """Keep ``targets`` when they are one integer class label per row of ``idx`` (else ignore them)."""
         if isinstance(targets, Tensor) and targets.ndim == 1 and targets.shape == idx.shape:
             if not targets.is_floating_point():
-                self.labels[idx] = targets.detach().to(self.labels.device).long()
+                self.labels[idx] = targets.detach().to(self.labels.device, torch.int32)
 
     def merged(self, sync: bool = True) -> Tensor | None:
         """Labels on CPU, merged over ranks (``sync``: a collective every rank must call), or None if none."""
-        labels = (all_reduce_max(self.labels) if sync else self.labels).cpu()
+        labels = (all_reduce_max(self.labels) if sync else self.labels).cpu().long()
         return labels if bool((labels >= 0).any()) else None
