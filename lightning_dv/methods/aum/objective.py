@@ -6,13 +6,17 @@ Each time row ``i`` is seen, before the optimizer step, its margin is recorded::
     M_t(i) = z_{y_i}(x_i) - max_{k != y_i} z_k(x_i)          (logits z, assigned label y_i)
     AUM(i) = (1/T) sum_{t <= T} M_t(i)                        (T = min(epochs, window))
     value_i = calibrate(AUM)(i)                               (clipped robust score, compact upper half)
+    flagged = low 2-means cluster of the values AND AUM(i) < 0      (``gate=0``)
 
 Why: a mislabelled row is pulled towards its wrong label only by memorisation, against the
 generalisation from similar rows, so its margin stays low or negative early in training; the
 paper integrates up to the first learning-rate drop, before memorisation, and ``window`` (epochs)
 does the same, so the values do not depend on how long the user trains. The calibration
 (:mod:`lightning_dv.methods.calibration`) makes 2-means flagging match the ranking: clean margins
-have a long upper tail. The objective changes nothing about training: the loss is the plain mean
+have a long upper tail. The gate keeps rows whose assigned label still wins on average (AUM >= 0)
+out of the flagged cluster: at 10% noise 2-means alone flagged 17% of the rows on the selection
+seeds, the gate brought that to the noise rate on the sets where the model fits the labels
+(benchmarks/README.md). The objective changes nothing about training: the loss is the plain mean
 of the per-sample loss.
 """
 
@@ -90,6 +94,9 @@ class AUM(ValuationObjective):
             or ``"none"`` (the raw mean margin, as in the paper).
         fence: Clip of the robust score in robust standard deviations (default ``max(3, 0.5 sqrt(N))``).
         upper_scale: Factor on the scores above the median (order-preserving; 1 disables it).
+        gate: Rows whose mean margin is at or above it are never in the low (flagged) 2-means
+            cluster of the values (default 0: the assigned label wins on average); the flagged
+            rows are exported far below the rest (order kept). ``None``: plain 2-means.
 
     Example:
         >>> from lightning_dv import DataValuation
@@ -108,13 +115,17 @@ class AUM(ValuationObjective):
         calibration: str = "robust",
         fence: float | None = None,
         upper_scale: float = 0.1,
+        gate: float | None = 0.0,
     ) -> None:
         if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
             raise ValueError(
                 f"`window` must be a positive number of epochs or None (all epochs); got {window!r}."
             )
         check_calibration(calibration, fence, upper_scale)
+        if gate is not None and (isinstance(gate, bool) or not isinstance(gate, (int, float))):
+            raise ValueError(f"`gate` must be a margin (a number) or None (plain 2-means); got {gate!r}.")
         self.window, self.calibration = window, calibration
+        self.gate = None if gate is None else float(gate)
         self.fence, self.upper_scale = fence, float(upper_scale)
 
     def build(self, num_rows: int) -> AUMState:
@@ -131,7 +142,12 @@ class AUM(ValuationObjective):
 
     def values(self, state: nn.Module) -> Tensor:
         return calibrate(
-            state.margin.mean(), self.calibration, self.fence, self.upper_scale, seen=state.margin.seen()
+            state.margin.mean(),
+            self.calibration,
+            self.fence,
+            self.upper_scale,
+            seen=state.margin.seen(),
+            gate=self.gate,
         )
 
     def extra_columns(self, state: nn.Module) -> dict[str, Tensor]:
