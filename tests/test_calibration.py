@@ -148,3 +148,53 @@ def test_synthetic_generators_are_deterministic_classification_sets(name):
     assert set(np.unique(y).tolist()) == ({0, 1, 2} if name == "overlap" else {0, 1})
     s = make_split(name, noise=0.2, seed=0)
     assert len(s.x_train) == 1000 and len(s.noisy) == 200
+
+
+@pytest.mark.parametrize("n", [2, 3, 7, 50, 400])
+def test_gate_low_cluster_makes_two_means_flag_exactly_the_gated_rows(n):
+    """Brute force over random heavy-tailed scores and any mask: 2-means of the output is the
+    2-means low cluster of the input AND the mask, and a monotone gate keeps the order."""
+    from lightning_dv.methods.calibration import gate_low_cluster
+    from lightning_dv.metrics import two_means_split
+
+    rng = np.random.default_rng(n)
+    for trial in range(40):
+        raw = torch.as_tensor(rng.standard_t(2, size=n) + rng.normal(size=n) * trial, dtype=torch.float64)
+        scores = robust_clip(raw, upper_scale=0.1).double()
+        allowed = torch.as_tensor(rng.random(n) < 0.5) if trial % 2 else raw < float(rng.normal())
+        want = two_means_split(scores) & allowed
+        out = gate_low_cluster(scores, allowed)
+        if want.any() and not want.all():
+            assert torch.equal(two_means_split(out), want)
+            if trial % 2 == 0:  # gate = raw below a threshold: the order of the rows is kept
+                o = torch.argsort(raw, stable=True)
+                assert bool((out[o].diff() >= 0).all())
+        else:
+            assert torch.equal(out, scores)
+
+
+def test_aum_gate_flags_only_rows_whose_label_loses_and_rejects_bad_gates():
+    """make_classification, 10% flipped labels, 10 epochs: 2-means alone flags rows the model still
+    labels as given (margin >= 0); the gate drops them and F1 does not fall."""
+    from lightning_dv.metrics import detection_auroc, kmeans_f1, two_means_split
+
+    s = make_split("classification", noise=0.1, seed=101, n_train=600, n_test=100)
+    out = {}
+    for gate in (0.0, None):
+        seeded(101)
+        valuation = DataValuation(AUM(gate=gate))
+        L.Trainer(max_epochs=10, callbacks=[valuation], **trainer_kwargs()).fit(
+            MLP(s.x_train.shape[1], s.num_classes), loader(s.x_train, s.y_train, seed=101)
+        )
+        out[gate] = valuation.values
+    gated, plain = out[0.0], out[None]
+    margin = np.asarray(gated.columns["aum_margin"])
+    np.testing.assert_array_equal(margin, np.asarray(plain.columns["aum_margin"]))  # same fit
+    flags = two_means_split(gated.values).numpy()
+    assert (margin[flags] < 0).all() and (margin[two_means_split(plain.values).numpy()] >= 0).any()
+    assert flags.sum() < two_means_split(plain.values).sum()
+    assert kmeans_f1(gated.values, s.noisy) >= kmeans_f1(plain.values, s.noisy)
+    assert detection_auroc(gated.values, s.noisy) == pytest.approx(detection_auroc(plain.values, s.noisy))
+    assert np.array_equal(gated.flagged, flags)  # DataValues' own flag is the gated decision
+    with pytest.raises(ValueError, match="gate"):
+        AUM(gate="zero")
