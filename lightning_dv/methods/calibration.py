@@ -82,7 +82,9 @@ def gate_low_cluster(scores: Tensor, allowed: Tensor) -> Tensor:
     data with overlapping classes puts 17-24% of the rows in the low cluster at 10% noise; rows the
     model still labels as given are not label errors. When both ``scores`` and ``allowed`` are
     monotone in one raw value (AUM: the clipped score and ``margin < 0``), the flagged rows are a
-    lower set and the order of the rows (AUROC) is kept. If no row (or every row) would be
+    lower set and the order of the rows (AUROC) is kept. Reference: Pleiss et al. (NeurIPS 2020)
+    also flag below a margin threshold, estimated there from rows given a fake extra class (which
+    changes training); 0 needs no change to training. If no row (or every row) would be
     flagged, the scores come back unchanged: 2-means always flags at least one row.
 
     Example:
