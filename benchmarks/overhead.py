@@ -113,13 +113,16 @@ def objective_factories() -> dict[str, Callable[[np.ndarray, np.ndarray], object
     def lossval(xv: np.ndarray, yv: np.ndarray):
         return project_class("lossval")(validation=(xv, yv))
 
+    def lossval_exact(xv: np.ndarray, yv: np.ndarray):
+        return project_class("lossval")(validation=(xv, yv), ot="exact")
+
     def nddv(xv: np.ndarray, yv: np.ndarray):
         return project_class("nddv")()
 
     def aum(xv: np.ndarray, yv: np.ndarray):
         return project_class("aum")()
 
-    return {"lossval": lossval, "nddv": nddv, "aum": aum}
+    return {"lossval": lossval, "lossval_exact": lossval_exact, "nddv": nddv, "aum": aum}
 
 
 class StepTimer:

@@ -44,6 +44,7 @@ from lightning_dv.distributed import RowStatistics, all_reduce_max
 from lightning_dv.io import load_if_path
 from lightning_dv.methods.base import ValuationObjective, ValuationState, ValuationStep
 from lightning_dv.methods.lossval.ot import CachedSinkhornDivergence, bounding_diameter
+from lightning_dv.methods.lossval.sinkhorn import SinkhornDivergence
 from lightning_dv.methods.weights import CONSTRAINTS, SampleWeights
 
 if TYPE_CHECKING:
@@ -53,6 +54,9 @@ MASSES = ("raw", "uniform")
 REDUCTIONS = ("sum", "mean")
 TASK_LOSSES = ("auto", "user")
 SIGNALS = ("trajectory", "weights")
+#: ``ot=``: our solver (no autograd through the loop) or geomloss's ``SamplesLoss`` (the reference).
+OT_SOLVERS = ("fast", "exact")
+BACKENDS = ("tensorized", "online", "auto")
 #: The paper's epsilon inside ``-log(p + eps)``.
 LOG_EPS = 1e-8
 
@@ -153,8 +157,15 @@ class LossVal(ValuationObjective):
         validation_subsample: Use this many random validation rows per step instead of all
             (for very large validation sets; then the self-term is recomputed per step). Drawn
             from the objective's own generator (``seed``), checkpointed, so a resume is exact.
-        backend: geomloss backend (``"tensorized"`` on CPU; ``"online"`` needs KeOps, for GPUs
-            and validation sets whose J x J matrix does not fit).
+        ot: The Sinkhorn solver. ``"fast"`` (default): our own
+            (:class:`~lightning_dv.methods.lossval.sinkhorn.SinkhornDivergence`): geomloss's
+            annealing schedule without autograd through the loop, the gradient in the weights
+            from the dual potentials ``dD/dw_i = f_ab(i) - f_aa(i)``, and the validation
+            self-term ``OT(b, b)`` solved once (exactly up to J = 2048, above from its bounds).
+            Same values as ``"exact"`` to float rounding (docs/lossval_speed.md).
+            ``"exact"``: geomloss's ``SamplesLoss`` itself (the reference; needed for ``backend``).
+        backend: geomloss backend for ``ot="exact"`` (``"tensorized"`` on CPU; ``"online"`` needs
+            KeOps, for GPUs and validation sets whose J x J matrix does not fit).
         seed: Seed of the ``validation_subsample`` draws.
         task_loss: ``"auto"``: the paper's bounded ``-log(softmax(z)[y] + 1e-8)`` from
             ``outputs=`` and integer ``targets=`` when given (classification), so the values do
@@ -191,6 +202,7 @@ class LossVal(ValuationObjective):
         validation_subsample: int | None = None,
         backend: str = "tensorized",
         seed: int = 0,
+        ot: str = "fast",
         task_loss: str = "auto",
         signal: str = "trajectory",
     ) -> None:
@@ -198,6 +210,13 @@ class LossVal(ValuationObjective):
         check_choice("signal", signal, SIGNALS)
         check_choice("task_loss", task_loss, TASK_LOSSES)
         check_choice("reduction", reduction, REDUCTIONS)
+        check_choice("ot", ot, OT_SOLVERS)
+        check_choice("backend", backend, BACKENDS)
+        if ot == "fast" and backend != "tensorized":
+            raise ValueError(
+                f"`backend={backend!r}` selects a geomloss backend, which only `ot='exact'` uses; pass "
+                "`LossVal(ot='exact', backend=...)`, or drop `backend` for the fast solver."
+            )
         check_choice("constraint", constraint, CONSTRAINTS)
         if lr <= 0:
             raise ValueError(f"`lr` must be > 0; got {lr}.")
@@ -214,10 +233,10 @@ class LossVal(ValuationObjective):
         self.blur, self.scaling, self.p = blur, scaling, p
         self.fixed_diameter = diameter
         self.validation_subsample = validation_subsample
-        self.backend = backend
+        self.backend, self.ot = backend, ot
         self._subsample_rng = torch.Generator().manual_seed(int(seed))
         self._val_features: Tensor | None = None
-        self._divergence: CachedSinkhornDivergence | None = None
+        self._divergence: SinkhornDivergence | CachedSinkhornDivergence | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
     def build(self, num_rows: int) -> LossValState:
@@ -258,15 +277,12 @@ class LossVal(ValuationObjective):
             state.diameter.fill_(max(d, 1e-6))
         if self.validation_subsample is None and self._divergence is None:
             y = self._val_features
-            self._divergence = CachedSinkhornDivergence(
-                y,
-                self._val_weights(y.shape[0], y.device),
-                float(state.diameter),
-                self.p,
-                self.blur,
-                self.scaling,
-                self.backend,
-            )
+            self._divergence = self._solver(y, self._val_weights(y.shape[0], y.device), float(state.diameter))
+
+    def _solver(self, y: Tensor, b: Tensor, diameter: float) -> SinkhornDivergence | CachedSinkhornDivergence:
+        if self.ot == "fast":
+            return SinkhornDivergence(y, b, diameter, self.p, self.blur, self.scaling)
+        return CachedSinkhornDivergence(y, b, diameter, self.p, self.blur, self.scaling, self.backend)
 
     @staticmethod
     def _diameter_known(state: LossValState) -> bool:
@@ -284,15 +300,7 @@ class LossVal(ValuationObjective):
             y = self._val_features
             k = min(self.validation_subsample, y.shape[0])
             sub = y[torch.randperm(y.shape[0], generator=self._subsample_rng)[:k].to(y.device)]
-            div = CachedSinkhornDivergence(
-                sub,
-                self._val_weights(k, y.device),
-                float(state.diameter),
-                self.p,
-                self.blur,
-                self.scaling,
-                self.backend,
-            )
+            div = self._solver(sub, self._val_weights(k, y.device), float(state.diameter))
             return div(a.float(), batch_features.float())
 
     def loss(self, state: nn.Module, step: ValuationStep) -> Tensor:
