@@ -187,15 +187,24 @@ def _lossval_reference(split: Split, seed: int) -> DataValues:
     kind="project",
     description="LossVal, 30 epochs, MLP(64), Lightning fit (defaults: model on the plain loss, trajectory values)",
 )
-def _lossval(split: Split, seed: int, model_loss: str | None = None) -> DataValues:
+def _lossval(split: Split, seed: int, model_loss: str | None = None, **options) -> DataValues:
     loss_val = project_class("lossval")
     return fit_with_objective(
         split,
         seed,
-        lambda: loss_val(validation=(split.x_valid, split.y_valid)),
+        lambda: loss_val(validation=(split.x_valid, split.y_valid), **options),
         epochs=30,
         model_loss=model_loss,
     )
+
+
+@register(
+    "lossval_exact",
+    kind="project",
+    description="LossVal at defaults with geomloss's SamplesLoss as the OT solver (ot='exact'): the reference of the fast solver",
+)
+def _lossval_exact(split: Split, seed: int) -> DataValues:
+    return _lossval(split, seed, ot="exact")
 
 
 @register(

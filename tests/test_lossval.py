@@ -156,3 +156,35 @@ def test_16_mixed_with_grad_scaler_unscales_and_steps_the_weights(small):
     # the paper's formula drives the model here: D**2 ~ 1e7 overflows its fp16 gradients and the scaler
     # backs off (the default model_loss='plain' never does: tests/test_model_safety.py)
     assert scaler.get_scale() < 2.0**8
+
+
+@pytest.mark.parametrize("objective_kwargs", [{}, {"mass": "uniform", "signal": "weights"}])
+def test_fast_ot_gives_the_exact_ot_values(small, objective_kwargs):
+    """ot='fast' (default) and ot='exact' (geomloss) value the rows alike in a real fit."""
+    fast, _, _ = fit(small, epochs=2, objective_kwargs=objective_kwargs)
+    exact, _, _ = fit(small, epochs=2, objective_kwargs={"ot": "exact", **objective_kwargs})
+    np.testing.assert_allclose(fast.values.values, exact.values.values, rtol=1e-4, atol=1e-4)
+
+
+def test_ten_thousand_validation_rows_fit_in_seconds():
+    """J = 10,000 validation rows: no J x J self-term, a real fit of a few steps."""
+    rng = np.random.default_rng(0)
+    x, xv = (
+        rng.standard_normal((128, 8), dtype=np.float32),
+        rng.standard_normal((10_000, 8), dtype=np.float32),
+    )
+    y = (x[:, 0] > 0).astype(np.int64)
+    seeded(0)
+    model = MLP(8, 2)
+    cb = DataValuation(LossVal(validation=xv))
+    L.Trainer(max_epochs=1, callbacks=[cb], **trainer_kwargs()).fit(model, loader(x, y))
+    assert np.isfinite(cb.values.values).all() and not np.allclose(cb.values.values, 0.0)
+
+
+def test_ot_and_backend_are_validated():
+    with pytest.raises(ValueError, match="`ot='nope'` is not supported"):
+        LossVal(validation=torch.randn(20, 3), ot="nope")
+    with pytest.raises(ValueError, match="only `ot='exact'` uses"):
+        LossVal(validation=torch.randn(20, 3), backend="online")
+    with pytest.raises(ValueError, match="`backend='keops'` is not supported"):
+        LossVal(validation=torch.randn(20, 3), ot="exact", backend="keops")

@@ -30,14 +30,11 @@ float64 here), so only the normalised problem needs the point clouds. ``D`` is d
 offsets (``D ~ 5e4`` at B = 32, J = 100) while the per-row part of ``dD/da`` comes from the
 normalised potentials.
 
-Two ways to solve the normalised problem:
-
-- ``iterations=None``: geomloss's epsilon-annealing schedule, one symmetric step per epsilon
-  (``eps_k`` from ``diameter**p`` down to ``blur**p`` by factors ``scaling**p``), then the final
-  extrapolation: the same numbers as geomloss's tensorized backend up to float rounding.
-- ``iterations=k``: ``k`` alternating Sinkhorn steps at the final epsilon, warm-started from the
-  previous call's validation potential ``g_hat`` (exchangeable batches against a fixed validation
-  cloud have nearly the same ``g_hat``). The offsets still follow the full schedule.
+The normalised problems follow geomloss's epsilon-annealing schedule (``eps_k`` from
+``diameter**p`` down to ``blur**p`` by factors ``scaling**p``, one symmetric step per epsilon, then
+the final extrapolation), so the result is geomloss's tensorized one up to float rounding. A
+warm start at the final epsilon does not reproduce it: at ``blur = 0.05`` the annealed potentials
+are far from converged there (docs/lossval_speed.md).
 
 The target's self-term ``OT(b, b)`` is computed once: exactly (the annealing schedule on the J x J
 problem) for ``J <= exact_self_max``, otherwise from the bounds ``0 <= OT_eps(beta, beta) <=
@@ -82,17 +79,25 @@ def log_weights(w: Tensor) -> Tensor:
     return torch.where(w > 0, w.clamp_min(torch.finfo(w.dtype).tiny).log(), ZERO_MASS_LOG)
 
 
-def softmin(eps: float, cost: Tensor, h: Tensor) -> Tensor:
-    """Soft c-transform ``-eps log sum_j exp(h_j - C_ij / eps)`` along the rows of ``cost``.
+def logsumexp_rows(z: Tensor) -> Tensor:
+    """``log sum_j exp(z_ij)`` along the rows, overwriting ``z``.
 
-    ``h`` is ``log beta + g / eps``. The shifted exponents are clamped at ``-80`` before ``exp``:
-    a term ``e^-80`` changes the sum by less than fp32 resolution, and the CPU ``exp`` takes a slow
-    path on deeply negative inputs (4-30x slower at ``blur = 0.05``; docs/lossval_speed.md).
+    The shifted exponents are clamped at ``-80`` before ``exp``: a term ``e^-80`` changes the sum
+    by less than fp32 resolution, and the CPU ``exp`` takes a slow path on deeply negative inputs
+    (4-30x slower at ``blur = 0.05``, where most exponents are below -1000; docs/lossval_speed.md).
+
+    Example:
+        >>> logsumexp_rows(torch.tensor([[0.0, 0.0], [-5000.0, 1.0]])).tolist()
+        [0.6931471824645996, 1.0]
     """
-    z = torch.add(h, cost, alpha=-1.0 / eps)
     top = z.amax(1, keepdim=True)
-    lse = z.sub_(top).clamp_min_(-80.0).exp_().sum(1).log_().add_(top.squeeze(1))
-    return lse.mul_(-eps)
+    return z.sub_(top).clamp_min_(-80.0).exp_().sum(1).log_().add_(top.squeeze(1))
+
+
+def softmin(eps: float, cost: Tensor, h: Tensor) -> Tensor:
+    """Soft c-transform ``-eps log sum_j exp(h_j - C_ij / eps)`` along the rows of ``cost``
+    (``h = log beta + g / eps``)."""
+    return logsumexp_rows(torch.add(h, cost, alpha=-1.0 / eps)).mul_(-eps)
 
 
 def mass_offsets(eps_list: list[float], log_ma: float, log_mb: float) -> tuple[float, float]:
@@ -116,29 +121,51 @@ def _normalised(log_w: Tensor) -> tuple[Tensor, float]:
 
 
 def annealed_potentials(
-    eps_list: list[float], c_xy: Tensor, c_yx: Tensor, log_alpha: Tensor, log_beta: Tensor
-) -> tuple[Tensor, Tensor]:
-    """geomloss's symmetric annealed Sinkhorn on the normalised problem: ``(f_hat, g_hat)`` after the
-    final extrapolation (``c_xy`` of shape ``(B, J)``, ``c_yx`` its transpose, contiguous)."""
+    eps_list: list[float], c_xy: Tensor, c_xx: Tensor, log_alpha: Tensor, log_beta: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """geomloss's symmetric annealed Sinkhorn on the normalised problems ``OT(alpha, beta)`` and
+    ``OT(alpha, alpha)``: ``(f_hat, g_hat, f_hat_aa)`` after the final extrapolation.
+
+    ``c_xy`` is ``(B, J)``, ``c_xx`` ``(B, B)``. Each epsilon costs two row reductions: one over the
+    validation points (the batch potential ``f``), one over the batch points for the stacked rows
+    ``[y; x]`` (the validation potential ``g`` and the batch's own potential ``f_aa`` together).
+    """
+    b, j = c_xy.shape
+    c_rest = torch.cat([c_xy.T, c_xx])  # rows: validation points, then batch points
+
+    def batch_side(eps: float, g: Tensor) -> Tensor:  # log-sum-exp over the validation points
+        return logsumexp_rows(torch.add(torch.add(log_beta, g, alpha=1.0 / eps), c_xy, alpha=-1.0 / eps))
+
+    def rest_side(eps: float, f: Tensor, rest: Tensor) -> Tensor:  # over the batch points
+        h = torch.cat(
+            [
+                torch.add(log_alpha, f, alpha=1.0 / eps).expand(j, b),
+                torch.add(log_alpha, rest[j:], alpha=1.0 / eps).expand(b, b),
+            ]
+        )
+        return logsumexp_rows(h.add_(c_rest, alpha=-1.0 / eps))
+
     eps = eps_list[0]
-    f = softmin(eps, c_xy, log_beta)
-    g = softmin(eps, c_yx, log_alpha)
-    for eps in eps_list:
-        ft = softmin(eps, c_xy, log_beta + g / eps)
-        gt = softmin(eps, c_yx, log_alpha + f / eps)
-        f, g = 0.5 * (f + ft), 0.5 * (g + gt)
-    eps = eps_list[-1]
-    return softmin(eps, c_xy, log_beta + g / eps), softmin(eps, c_yx, log_alpha + f / eps)
+    zero_f = torch.zeros_like(log_alpha)
+    f = batch_side(eps, torch.zeros_like(log_beta)).mul_(-eps)
+    rest = rest_side(eps, zero_f, torch.cat([torch.zeros_like(log_beta), zero_f])).mul_(-eps)
+    for eps in eps_list:  # symmetric steps: x <- (x + softmin) / 2
+        lf, lr = batch_side(eps, rest[:j]), rest_side(eps, f, rest)
+        f = torch.add(f, lf, alpha=-eps).mul_(0.5)
+        rest = torch.add(rest, lr, alpha=-eps).mul_(0.5)
+    eps = eps_list[-1]  # final extrapolation
+    f, rest = batch_side(eps, rest[:j]).mul_(-eps), rest_side(eps, f, rest).mul_(-eps)
+    return f, rest[:j], rest[j:]
 
 
 def annealed_self_potential(eps_list: list[float], c_xx: Tensor, log_alpha: Tensor) -> Tensor:
-    """The symmetric problem ``OT(alpha, alpha)``: one potential (both sides are equal)."""
+    """The symmetric problem ``OT(alpha, alpha)`` alone: one potential (both sides are equal)."""
     eps = eps_list[0]
     f = softmin(eps, c_xx, log_alpha)
     for eps in eps_list:
-        f = 0.5 * (f + softmin(eps, c_xx, log_alpha + f / eps))
+        f = torch.add(f, softmin(eps, c_xx, torch.add(log_alpha, f, alpha=1.0 / eps))).mul_(0.5)
     eps = eps_list[-1]
-    return softmin(eps, c_xx, log_alpha + f / eps)
+    return softmin(eps, c_xx, torch.add(log_alpha, f, alpha=1.0 / eps))
 
 
 class SinkhornDivergence:
@@ -152,8 +179,6 @@ class SinkhornDivergence:
         p: Exponent of the ground cost ``|x - y|^p / p`` (1 or 2).
         blur: Target blur (``eps = blur**p``).
         scaling: Epsilon-scaling ratio.
-        iterations: ``None``: geomloss's annealing schedule (its numbers to float rounding);
-            ``k``: ``k`` warm-started Sinkhorn steps at the final epsilon (see the module docstring).
         exact_self_max: Largest J whose self-term ``OT(b, b)`` is solved exactly (J x J); above it,
             the identity plan's value (error bounded in the module docstring).
 
@@ -175,23 +200,20 @@ class SinkhornDivergence:
         p: int = 2,
         blur: float = 0.05,
         scaling: float = 0.5,
-        iterations: int | None = None,
         exact_self_max: int = 2048,
     ) -> None:
         if target.ndim != 2 or target.shape[0] == 0:
-            raise ValueError(f"the target cloud must have shape (J, d) with J >= 1; got {tuple(target.shape)}.")
+            raise ValueError(
+                f"the target cloud must have shape (J, d) with J >= 1; got {tuple(target.shape)}."
+            )
         if p not in (1, 2):
             raise ValueError(f"`p` must be 1 or 2 (geomloss's point-cloud costs); got {p}.")
-        if iterations is not None and iterations < 1:
-            raise ValueError(f"`iterations` must be None (the annealing schedule) or >= 1; got {iterations}.")
-        self.p, self.blur, self.iterations = p, float(blur), iterations
+        self.p = p
         self.eps_list = epsilon_schedule(p, float(diameter), float(blur), float(scaling))
         self.y = target.detach().float().contiguous()
         self.b = target_weights.detach().float().contiguous()
         self.log_beta, self.log_mb = _normalised(log_weights(self.b))
         self.mass_b = float(self.b.double().sum())
-        #: The warm-start state: the normalised validation potential of the previous call.
-        self.potential = torch.zeros_like(self.b)
         self.self_term = self._self_term(exact_self_max)
 
     def _self_term(self, exact_self_max: int) -> float:
@@ -208,7 +230,7 @@ class SinkhornDivergence:
 
     def to(self, device: torch.device) -> SinkhornDivergence:
         self.y, self.b = self.y.to(device), self.b.to(device)
-        self.log_beta, self.potential = self.log_beta.to(device), self.potential.to(device)
+        self.log_beta = self.log_beta.to(device)
         return self
 
     def __call__(self, a: Tensor, x: Tensor) -> Tensor:
@@ -224,11 +246,7 @@ class SinkhornDivergence:
             log_alpha, log_ma = _normalised(log_a)
             c_xy = ground_cost(x32, self.y, self.p)
             c_xx = ground_cost(x32, x32, self.p)
-            if self.iterations is None:
-                f, g = annealed_potentials(self.eps_list, c_xy, c_xy.T.contiguous(), log_alpha, self.log_beta)
-            else:
-                f, g = self._warm_potentials(c_xy, log_alpha)
-            f_aa = annealed_self_potential(self.eps_list, c_xx, log_alpha)
+            f, g, f_aa = annealed_potentials(self.eps_list, c_xy, c_xx, log_alpha, self.log_beta)
             s, t = mass_offsets(self.eps_list, log_ma, self.log_mb)
             s_aa, _ = mass_offsets(self.eps_list, log_ma, log_ma)
             grad = (f - f_aa).double() + (s - s_aa)
@@ -240,14 +258,3 @@ class SinkhornDivergence:
             )
         grad = grad.to(a.dtype)
         return value.to(a.dtype) + ((a - a.detach()) * grad).sum()
-
-    def _warm_potentials(self, c_xy: Tensor, log_alpha: Tensor) -> tuple[Tensor, Tensor]:
-        eps = self.eps_list[-1]
-        g = self.potential
-        c_yx = c_xy.T.contiguous()
-        f = softmin(eps, c_xy, self.log_beta + g / eps)
-        for _ in range(self.iterations):
-            g = softmin(eps, c_yx, log_alpha + f / eps)
-            f = softmin(eps, c_xy, self.log_beta + g / eps)
-        self.potential = g
-        return f, g
