@@ -79,25 +79,25 @@ def log_weights(w: Tensor) -> Tensor:
     return torch.where(w > 0, w.clamp_min(torch.finfo(w.dtype).tiny).log(), ZERO_MASS_LOG)
 
 
-def logsumexp_rows(z: Tensor) -> Tensor:
-    """``log sum_j exp(z_ij)`` along the rows, overwriting ``z``.
+def logsumexp_(z: Tensor, dim: int = 1) -> Tensor:
+    """``log sum exp(z)`` along ``dim``, overwriting ``z``.
 
     The shifted exponents are clamped at ``-80`` before ``exp``: a term ``e^-80`` changes the sum
     by less than fp32 resolution, and the CPU ``exp`` takes a slow path on deeply negative inputs
     (4-30x slower at ``blur = 0.05``, where most exponents are below -1000; docs/lossval_speed.md).
 
     Example:
-        >>> logsumexp_rows(torch.tensor([[0.0, 0.0], [-5000.0, 1.0]])).tolist()
+        >>> logsumexp_(torch.tensor([[0.0, 0.0], [-5000.0, 1.0]])).tolist()
         [0.6931471824645996, 1.0]
     """
-    top = z.amax(1, keepdim=True)
-    return z.sub_(top).clamp_min_(-80.0).exp_().sum(1).log_().add_(top.squeeze(1))
+    top = z.amax(dim, keepdim=True)
+    return z.sub_(top).clamp_min_(-80.0).exp_().sum(dim).log_().add_(top.squeeze(dim))
 
 
 def softmin(eps: float, cost: Tensor, h: Tensor) -> Tensor:
     """Soft c-transform ``-eps log sum_j exp(h_j - C_ij / eps)`` along the rows of ``cost``
     (``h = log beta + g / eps``)."""
-    return logsumexp_rows(torch.add(h, cost, alpha=-1.0 / eps)).mul_(-eps)
+    return logsumexp_(torch.add(h, cost, alpha=-1.0 / eps)).mul_(-eps)
 
 
 def mass_offsets(eps_list: list[float], log_ma: float, log_mb: float) -> tuple[float, float]:
@@ -126,24 +126,26 @@ def annealed_potentials(
     """geomloss's symmetric annealed Sinkhorn on the normalised problems ``OT(alpha, beta)`` and
     ``OT(alpha, alpha)``: ``(f_hat, g_hat, f_hat_aa)`` after the final extrapolation.
 
-    ``c_xy`` is ``(B, J)``, ``c_xx`` ``(B, B)``. Each epsilon costs two row reductions: one over the
-    validation points (the batch potential ``f``), one over the batch points for the stacked rows
-    ``[y; x]`` (the validation potential ``g`` and the batch's own potential ``f_aa`` together).
+    ``c_xy`` is ``(B, J)``, ``c_xx`` ``(B, B)``. Each epsilon costs two reductions: one along the
+    rows of ``c_xy`` (the batch potential ``f``), one down the columns of ``[c_xy | c_xx]`` (the
+    validation potential ``g`` and the batch's own potential ``f_aa`` together); both keep the
+    long validation axis contiguous.
     """
     b, j = c_xy.shape
-    c_rest = torch.cat([c_xy.T, c_xx])  # rows: validation points, then batch points
+    c_cols = torch.cat([c_xy, c_xx], dim=1)  # columns: validation points, then batch points
 
     def batch_side(eps: float, g: Tensor) -> Tensor:  # log-sum-exp over the validation points
-        return logsumexp_rows(torch.add(torch.add(log_beta, g, alpha=1.0 / eps), c_xy, alpha=-1.0 / eps))
+        return logsumexp_(torch.add(torch.add(log_beta, g, alpha=1.0 / eps), c_xy, alpha=-1.0 / eps))
 
     def rest_side(eps: float, f: Tensor, rest: Tensor) -> Tensor:  # over the batch points
         h = torch.cat(
             [
-                torch.add(log_alpha, f, alpha=1.0 / eps).expand(j, b),
-                torch.add(log_alpha, rest[j:], alpha=1.0 / eps).expand(b, b),
-            ]
+                torch.add(log_alpha, f, alpha=1.0 / eps).unsqueeze(1).expand(b, j),
+                torch.add(log_alpha, rest[j:], alpha=1.0 / eps).unsqueeze(1).expand(b, b),
+            ],
+            dim=1,
         )
-        return logsumexp_rows(h.add_(c_rest, alpha=-1.0 / eps))
+        return logsumexp_(h.add_(c_cols, alpha=-1.0 / eps), 0)
 
     eps = eps_list[0]
     zero_f = torch.zeros_like(log_alpha)

@@ -1,0 +1,106 @@
+"""LossVal's OT term alone: our solver (``ot="fast"``) against geomloss (``ot="exact"``), in one process.
+
+For each validation size J: the one-off set-up (the validation self-term ``OT(b, b)``) and the
+median time of one call plus its backward at batch 32 on 16 Gaussian features (the overhead
+benchmark's MLP workload), both solvers interleaved ``--repeats`` times; then, with
+``--profile``, a cProfile of one LossVal fit (``--steps`` steps) per solver, top functions by
+internal time. Run::
+
+    OMP_NUM_THREADS=1 python -m benchmarks.bench_lossval_ot --valid 100 1000 10000 --profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import statistics
+import time
+
+import torch
+
+from benchmarks.overhead import synthetic_data
+
+SOLVERS = ("fast", "exact")
+
+
+def make_divergence(solver: str, y: torch.Tensor, diameter: float):
+    """The LossVal OT object of ``solver`` for validation features ``y`` (raw unit masses)."""
+    from lightning_dv.methods.lossval.ot import CachedSinkhornDivergence
+    from lightning_dv.methods.lossval.sinkhorn import SinkhornDivergence
+
+    cls = SinkhornDivergence if solver == "fast" else CachedSinkhornDivergence
+    return cls(y, torch.ones(y.shape[0]), diameter)
+
+
+def time_calls(valid: int, repeats: int = 5, calls: int = 20, solvers=SOLVERS) -> dict[str, dict]:
+    """Set-up seconds and median milliseconds per call (value and backward) of each solver.
+
+    Example:
+        >>> res = time_calls(20, repeats=1, calls=2)
+        >>> sorted(res), res["fast"]["call_ms"] > 0
+        (['exact', 'fast'], True)
+    """
+    from lightning_dv.methods.lossval.ot import bounding_diameter
+
+    x = torch.from_numpy(synthetic_data(32 * calls, seed=0)[0])
+    y = torch.from_numpy(synthetic_data(valid, seed=1)[0])
+    diameter = 1.1 * bounding_diameter(y, x[:32])
+    out: dict[str, dict] = {}
+    for name in solvers:
+        t0 = time.perf_counter()
+        out[name] = {"div": make_divergence(name, y, diameter), "setup_s": time.perf_counter() - t0, "ms": []}
+    for _ in range(repeats):
+        for name in solvers:
+            div = out[name]["div"]
+            t0 = time.perf_counter()
+            for i in range(calls):
+                a = torch.ones(32, requires_grad=True)
+                div(a, x[32 * i : 32 * i + 32]).backward()
+            out[name]["ms"].append(1e3 * (time.perf_counter() - t0) / calls)
+    for stats in out.values():
+        stats["call_ms"] = statistics.median(stats.pop("ms"))
+        del stats["div"]
+    return out
+
+
+def profile_fit(solver: str, valid: int = 100, steps: int = 100, top: int = 15) -> str:
+    """cProfile of one LossVal fit (MLP, batch 32, ``steps`` steps); the top functions by own time."""
+    from benchmarks.overhead import time_fit, validation_data, workload_data
+    from lightning_dv import LossVal
+
+    x, y = workload_data("mlp", 32 * steps)
+    xv, yv = validation_data("mlp", valid)
+    time_fit(x, y, LossVal(validation=(xv, yv), ot=solver), 1, 5, measure_memory=False)  # warm-up
+    prof = cProfile.Profile()
+    prof.enable()
+    time_fit(x, y, LossVal(validation=(xv, yv), ot=solver), 1, steps, measure_memory=False)
+    prof.disable()
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(top)
+    return buf.getvalue()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_lossval_ot", description=__doc__)
+    parser.add_argument("--valid", nargs="+", type=int, default=[100, 1000, 10_000], help="validation sizes J")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats (median reported)")
+    parser.add_argument("--exact-max", type=int, default=1000, help="largest J timed with geomloss (its J x J)")
+    parser.add_argument("--profile", action="store_true", help="also cProfile one LossVal fit per solver (J=100)")
+    parser.add_argument("--steps", type=int, default=100, help="steps of the profiled fits")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print("| J | solver | set-up (s) | one call + backward (ms) |\n|---|---|---|---|")
+    for j in args.valid:
+        solvers = SOLVERS if j <= args.exact_max else ("fast",)
+        for name, s in time_calls(j, args.repeats, solvers=solvers).items():
+            print(f"| {j:,} | {name} | {s['setup_s']:.3f} | {s['call_ms']:.2f} |")
+    if args.profile:
+        for name in SOLVERS:
+            print(f"\n### cProfile, LossVal(ot={name!r}), J=100, {args.steps} steps\n")
+            print(profile_fit(name, steps=args.steps))
+
+
+if __name__ == "__main__":
+    main()
