@@ -84,10 +84,16 @@ def profile_fit(solver: str, valid: int = 100, steps: int = 100, top: int = 15) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_lossval_ot", description=__doc__)
-    parser.add_argument("--valid", nargs="+", type=int, default=[100, 1000, 10_000], help="validation sizes J")
+    parser.add_argument(
+        "--valid", nargs="+", type=int, default=[100, 1000, 10_000], help="validation sizes J"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats (median reported)")
-    parser.add_argument("--exact-max", type=int, default=1000, help="largest J timed with geomloss (its J x J)")
-    parser.add_argument("--profile", action="store_true", help="also cProfile one LossVal fit per solver (J=100)")
+    parser.add_argument(
+        "--exact-max", type=int, default=1000, help="largest J timed with geomloss (its J x J)"
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="also cProfile one LossVal fit per solver (J=100)"
+    )
     parser.add_argument("--steps", type=int, default=100, help="steps of the profiled fits")
     args = parser.parse_args()
     torch.set_num_threads(1)
