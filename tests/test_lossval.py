@@ -188,3 +188,5 @@ def test_ot_and_backend_are_validated():
         LossVal(validation=torch.randn(20, 3), backend="online")
     with pytest.raises(ValueError, match="`backend='keops'` is not supported"):
         LossVal(validation=torch.randn(20, 3), ot="exact", backend="keops")
+    with pytest.raises(ValueError, match="`p=3` is not supported"):
+        LossVal(validation=torch.randn(20, 3), p=3)

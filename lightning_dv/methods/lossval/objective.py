@@ -212,6 +212,7 @@ class LossVal(ValuationObjective):
         check_choice("reduction", reduction, REDUCTIONS)
         check_choice("ot", ot, OT_SOLVERS)
         check_choice("backend", backend, BACKENDS)
+        check_choice("p", p, (1, 2))  # geomloss's point-cloud costs |x - y| and |x - y|^2 / 2
         if ot == "fast" and backend != "tensorized":
             raise ValueError(
                 f"`backend={backend!r}` selects a geomloss backend, which only `ot='exact'` uses; pass "
