@@ -72,6 +72,12 @@ class SignalRecorder(Callback):
         if hasattr(state, "stats"):  # NDDV: latest epoch's state x costate value and weight
             self._add("nddv_value", state.stats.last[:, 0])
             self._add("nddv_weight", state.stats.last[:, 1])
+        if hasattr(state, "trajectory"):  # LossVal: this epoch's mean standardised descent, the weights
+            total = state.trajectory.total.detach().clone()
+            prev = torch.zeros_like(total) if self._prev_total is None else self._prev_total
+            self._add("lossval_descent", total - prev)
+            self._prev_total = total
+            self._add("lossval_weight", state.weights.all())
 
 
 def run_one(split, method: str, seed: int, epochs: int, window: int | None = 10):

@@ -68,3 +68,19 @@ def check_validation_container(validation: Any, argument: str = "validation") ->
                 f"`{argument}=(x_val, y_val)` has {len(validation[0])} inputs but {len(validation[1])} labels; "
                 "give one label per validation row."
             )
+
+
+def check_window(window: Any) -> None:
+    """Raise a ValueError unless ``window`` (epochs per row that enter a value) is a positive int or None.
+
+    Example:
+        >>> check_window(10); check_window(None)
+        >>> check_window(0)
+        Traceback (most recent call last):
+        ...
+        ValueError: `window` must be a positive number of epochs or None (all epochs); got 0.
+    """
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+        raise ValueError(
+            f"`window` must be a positive number of epochs or None (all epochs); got {window!r}."
+        )

@@ -190,3 +190,50 @@ def test_ot_and_backend_are_validated():
         LossVal(validation=torch.randn(20, 3), ot="exact", backend="keops")
     with pytest.raises(ValueError, match="`p=3` is not supported"):
         LossVal(validation=torch.randn(20, 3), p=3)
+
+
+def test_window_is_validated():
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="`window` must be a positive number of epochs"):
+            LossVal(validation=torch.randn(20, 3), window=bad)
+
+
+def test_window_averages_each_rows_first_epochs_of_the_standardised_descent():
+    """Closed form: value_i = mean over the first `window` epochs of row i's epoch-mean z_i."""
+    from lightning_dv.methods.base import ValuationStep
+
+    torch.manual_seed(0)
+    x_val = torch.randn(20, 3)
+    objective = LossVal(validation=x_val, window=2)
+    state = objective.build(num_rows=6)
+    objective._val_features = x_val
+    epoch_means = []
+    batches = {0: [[0, 1, 2, 3], [2, 3, 4, 5]], 1: [[0, 1, 2, 3, 4, 5]], 2: [[5, 4, 3, 2, 1, 0]]}
+    for epoch in range(3):
+        total, count = torch.zeros(6, dtype=torch.float64), torch.zeros(6, dtype=torch.float64)
+        for rows in map(torch.tensor, batches[epoch]):
+            step = ValuationStep(torch.rand(len(rows)) + 0.1, rows, inputs=torch.randn(len(rows), 3))
+            loss = objective.loss(state, step)
+            leaf = state.weights._pending[-1][1]
+            (grad,) = torch.autograd.grad(loss, leaf, retain_graph=True)
+            loss.backward()
+            g = grad.double()
+            total[rows] += -(g - g.mean()) / g.std()
+            count[rows] += 1
+        epoch_means.append(total / count)
+        objective.on_train_epoch_end(None, None, state)
+    expected = (epoch_means[0] + epoch_means[1]) / 2  # epoch 3 is past the window
+    torch.testing.assert_close(objective.values(state), expected.float(), rtol=1e-5, atol=1e-5)
+    everything = LossVal(validation=x_val, window=None).build(6)
+    assert everything.trajectory.window is None
+
+
+def test_window_freezes_the_values_of_a_real_fit(small):
+    cb, _, _ = fit(small, epochs=4, objective_kwargs={"window": 2})
+    traj = np.asarray(cb.values.trajectory)
+    assert not np.allclose(traj[0], traj[1])  # epoch 2 still counts
+    np.testing.assert_array_equal(traj[1], traj[2])  # then frozen: epochs 3 and 4 change nothing
+    np.testing.assert_array_equal(traj[1], traj[3])
+    cb_all, _, _ = fit(small, epochs=4, objective_kwargs={"window": None})
+    np.testing.assert_allclose(np.asarray(cb_all.values.trajectory)[1], traj[1], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(np.asarray(cb_all.values.trajectory)[3], traj[3])
