@@ -135,12 +135,15 @@ class StepTimer:
         class _StepTimer(Callback):
             def __init__(self) -> None:
                 self.times: list[float] = []
+                self.cpu_times: list[float] = []
 
             def on_train_batch_start(self, *args) -> None:
+                self._c0 = time.thread_time()
                 self._t0 = time.perf_counter()
 
             def on_train_batch_end(self, *args) -> None:
                 self.times.append(time.perf_counter() - self._t0)
+                self.cpu_times.append(time.thread_time() - self._c0)
 
         return _StepTimer()
 

@@ -84,3 +84,29 @@ def check_window(window: Any) -> None:
         raise ValueError(
             f"`window` must be a positive number of epochs or None (all epochs); got {window!r}."
         )
+
+
+def check_class_labels(labels: torch.Tensor, num_classes: int) -> None:
+    """Raise a ValueError unless every integer label lies in ``[0, num_classes)``; one host read.
+
+    On CPU NumPy reads the labels in place (a fraction of the cost of tensor reductions on a
+    batch); elsewhere one ``aminmax`` is read back.
+
+    Example:
+        >>> check_class_labels(torch.tensor([0, 2]), 3)
+        >>> check_class_labels(torch.tensor([0, 3]), 3)
+        Traceback (most recent call last):
+        ...
+        ValueError: labels must lie in [0, 3) for outputs with 3 classes; got [0, 3].
+    """
+    if labels.numel() == 0:
+        return
+    if labels.device.type == "cpu":
+        a = labels.detach().numpy()
+        lo, hi = int(a.min()), int(a.max())
+    else:
+        lo, hi = torch.stack(torch.aminmax(labels)).tolist()
+    if lo < 0 or hi >= num_classes:
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}) for outputs with {num_classes} classes; got [{lo}, {hi}]."
+        )

@@ -153,7 +153,7 @@ class RowLabels:
         """Keep ``targets`` when they are one integer class label per row of ``idx`` (else ignore them)."""
         if isinstance(targets, Tensor) and targets.ndim == 1 and targets.shape == idx.shape:
             if not targets.is_floating_point():
-                self.labels[idx] = targets.detach().to(self.labels.device, torch.int32)
+                self.labels.index_copy_(0, idx, targets.detach().to(self.labels.device, torch.int32))
 
     def merged(self, sync: bool = True) -> Tensor | None:
         """Labels on CPU, merged over ranks (``sync``: a collective every rank must call), or None if none."""

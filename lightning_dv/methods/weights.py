@@ -17,6 +17,8 @@ from lightning_dv._validation import check_choice
 from lightning_dv.distributed import is_distributed
 
 CONSTRAINTS = ("none", "softplus", "clamp")
+#: torch's fused Adam kernel (the one behind ``Adam(fused=True)``), when this torch has it.
+_FUSED_ADAM = getattr(torch, "_fused_adam_", None)
 __all__ = [
     "CONSTRAINTS",
     "Float32Module",
@@ -196,10 +198,10 @@ class SampleWeights(Float32Module):
         """The raw parameter of ``rows`` as dense Adam holds it after ``step`` steps (detached)."""
         rows = rows.reshape(-1).long()
         if self.dense:
-            return self._settle(self.raw[rows])
-        last = self.last_step[rows]
+            return self._settle(self.raw.index_select(0, rows))
+        last = self.last_step.index_select(0, rows)
         behind = self.step - last  # >= K: the tail is complete, nothing to add
-        raw = self.raw[rows]
+        raw = self.raw.index_select(0, rows)
         if rows.device.type == "cpu":  # skip rows whose tail is complete (no sync cost on CPU)
             recent = (behind < self.window) & (last > 0)
             if not bool(recent.any()):
@@ -236,14 +238,23 @@ class SampleWeights(Float32Module):
 
         Returns ``(rows (k,), pairs (k, 2))``; a read whose leaf got no gradient counts as zero.
         """
+        rows, grads, values = self._take()
+        return rows, torch.stack([grads, values], dim=1)
+
+    def _take(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(rows, gradients, values read)`` of the reads since the last call, cleared (duplicates kept)."""
         pending, self._pending = self._pending, []
         device = self.raw.device
         if not pending:
-            return torch.zeros(0, dtype=torch.long, device=device), torch.zeros(0, 2, device=device)
+            empty = torch.zeros(0, device=device)
+            return torch.zeros(0, dtype=torch.long, device=device), empty, empty
+        grads = [torch.zeros_like(x) if x.grad is None else x.grad.float() for _, x in pending]
+        if len(pending) == 1:  # the usual case: one read per step, nothing to concatenate
+            rows, leaf = pending[0]
+            return rows.to(device), grads[0].to(device), leaf.detach().to(device)
         rows = torch.cat([r for r, _ in pending]).to(device)
-        grads = torch.cat([torch.zeros_like(x) if x.grad is None else x.grad.float() for _, x in pending])
         values = torch.cat([x.detach() for _, x in pending])
-        return rows, torch.stack([grads.to(device), values.to(device)], dim=1)
+        return rows, torch.cat(grads).to(device), values.to(device)
 
     def has_gradients(self) -> bool:
         """Whether any read since the last step received a gradient."""
@@ -263,7 +274,8 @@ class SampleWeights(Float32Module):
     def adam_step(self, rows: Tensor, grads: Tensor, before: Tensor | None = None) -> None:
         """One Adam step in which ``rows`` have gradients ``grads`` and every other row has zero.
 
-        ``rows`` must be distinct (see :func:`exchange_row_gradients`); ``before`` are their
+        ``rows`` must be distinct (see :func:`exchange_row_gradients`; in dense mode repeated rows
+        are summed, so unmerged reads may be passed); ``before`` are their
         current raw values if already known (:meth:`current_raw`). Equals ``torch.optim.Adam`` on
         the dense vector.
         """
@@ -288,14 +300,24 @@ class SampleWeights(Float32Module):
 
     def _dense_step(self, rows: Tensor, grads: Tensor, now: int) -> None:
         b1, b2 = self.betas
-        g = torch.zeros_like(self.raw).index_put_((rows,), grads.to(self.raw.dtype), accumulate=True)
-        self.exp_avg.lerp_(g, 1 - b1)
-        self.exp_avg_sq.mul_(b2).addcmul_(g, g, value=1 - b2)
-        denom = (self.exp_avg_sq.sqrt() / math.sqrt(1 - b2**now)).add_(self.eps)
-        self.raw.addcdiv_(self.exp_avg, denom, value=-self.lr / (1 - b1**now))
+        g = torch.zeros_like(self.raw).index_add_(0, rows, grads.to(self.raw.dtype))
+        if _FUSED_ADAM is not None:  # torch's fused Adam kernel: one call instead of seven
+            step = getattr(self, "_fused_step", None)
+            if step is None or step.device != self.raw.device:
+                step = self._fused_step = torch.zeros((), device=self.raw.device)
+            step.fill_(now)
+            _FUSED_ADAM(
+                [self.raw], [g], [self.exp_avg], [self.exp_avg_sq], [], [step], lr=self.lr, beta1=b1,
+                beta2=b2, weight_decay=0.0, eps=self.eps, amsgrad=False, maximize=False,
+            )  # fmt: skip
+        else:
+            self.exp_avg.lerp_(g, 1 - b1)
+            self.exp_avg_sq.mul_(b2).addcmul_(g, g, value=1 - b2)
+            denom = (self.exp_avg_sq.sqrt() / math.sqrt(1 - b2**now)).add_(self.eps)
+            self.raw.addcdiv_(self.exp_avg, denom, value=-self.lr / (1 - b1**now))
         if self.constraint == "clamp":
             self.raw.clamp_(min=self.min_value)
-        self.last_step.fill_(now)
+        # ``last_step`` is read in row-sparse mode only; a dense state never switches mode.
         self.step.fill_(now)
         self._now = now
 
@@ -351,7 +373,15 @@ def step_row_weights(weights: SampleWeights, scale: float | None = None) -> bool
     user's scaler); a step whose unscaled gradients overflow is skipped and False returned. The
     decision is the same on every rank: the gradients are already exchanged.
     """
-    rows, grads, before = exchange_row_gradients(*weights.take_gradients())
+    if weights.dense:  # the dense step sums repeated rows itself: no merge, no values read needed
+        rows, grads, _ = weights._take()
+        before = None
+        if is_distributed():
+            world = torch.distributed.get_world_size()
+            rows = torch.cat(gather_all_tensors(rows.contiguous()))
+            grads = torch.cat(gather_all_tensors(grads.contiguous())) / world
+    else:
+        rows, grads, before = exchange_row_gradients(*weights.take_gradients())
     if scale is not None:
         grads = grads / scale
         if not bool(torch.isfinite(grads).all()):

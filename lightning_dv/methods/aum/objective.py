@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from lightning_dv._validation import check_class_labels
 from lightning_dv.distributed import RowStatistics
 from lightning_dv.methods.base import ValuationObjective, ValuationState, ValuationStep
 from lightning_dv.methods.calibration import calibrate, check_calibration
@@ -63,8 +64,7 @@ def assigned_margin(outputs: Tensor, targets: Tensor) -> Tensor:
             "classification rows; use LossVal for regression."
         )
     y = targets.reshape(-1, 1).to(z.device).long()
-    if int(y.min()) < 0 or int(y.max()) >= z.shape[1]:
-        raise ValueError(f"labels must lie in [0, {z.shape[1]}) for outputs with {z.shape[1]} classes.")
+    check_class_labels(y, z.shape[1])
     own = z.gather(1, y).squeeze(1)
     other = z.scatter(1, y, float("-inf")).amax(dim=1)
     return own - other

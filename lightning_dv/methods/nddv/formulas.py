@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_dv._validation import check_class_labels
 from lightning_dv.methods.calibration import robust_clip, robust_score
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "robust_score",
     "state_costate_value",
     "target_distribution",
+    "target_labels",
     "terminal_probabilities",
 ]
 
@@ -84,11 +86,31 @@ def target_distribution(targets: Tensor, num_classes: int) -> Tensor:
     return F.one_hot(labels, num_classes).float()
 
 
+def target_labels(targets: Tensor, num_classes: int) -> Tensor:
+    """Integer class labels ``(B,)`` as they are (range-checked), soft labels as :func:`target_distribution`.
+
+    The per-step form of :func:`target_distribution`: a one-hot matrix is never built for class
+    indices (:func:`state_costate_value` gathers the label's probability instead), and the range
+    check costs one ``aminmax`` and one host read.
+
+    Example:
+        >>> target_labels(torch.tensor([2, 0]), 3).tolist()
+        [2, 0]
+    """
+    if not isinstance(targets, Tensor) or targets.is_floating_point():
+        return target_distribution(targets, num_classes)
+    labels = targets.reshape(-1).long()
+    check_class_labels(labels, num_classes)
+    return labels
+
+
 def state_costate_value(probs: Tensor, target: Tensor, weight: Tensor) -> Tensor:
     """Per-row value ``v_i = -(1/K) sum_k X_T,ik dPhi_i/dX_T,ik`` for ``Phi_i = w_i CE(X_T,i, q_i)``.
 
     The costate ``w_i (softmax(X_T,i) - q_i)`` is the gradient of row ``i``'s own terminal cost,
-    so the value does not depend on the other rows of the batch.
+    so the value does not depend on the other rows of the batch. ``target`` is the label
+    distribution ``q`` ``(B, K)`` or integer class labels ``(B,)`` (then
+    ``v_i = -(w_i / K) (<X_T,i, softmax(X_T,i)> - X_T,i,y_i)``, the same value without a one-hot).
 
     Example:
         >>> p = torch.tensor([[0.9, 0.1], [0.1, 0.9]])
@@ -96,7 +118,14 @@ def state_costate_value(probs: Tensor, target: Tensor, weight: Tensor) -> Tensor
         >>> v = state_costate_value(p, q, torch.ones(2))
         >>> bool(v[0] > 0 > v[1])
         True
+        >>> torch.allclose(v, state_costate_value(p, torch.tensor([0, 0]), torch.ones(2)))
+        True
     """
+    if target.ndim == 1:
+        inner = torch.linalg.vecdot(probs, torch.softmax(probs, dim=1)) - probs.gather(
+            1, target[:, None]
+        ).squeeze(1)
+        return inner.mul_(weight).mul_(-1.0 / probs.shape[1])
     costate = weight.unsqueeze(1) * (torch.softmax(probs, dim=1) - target)
     return -(probs * costate).mean(dim=1)
 

@@ -17,6 +17,7 @@ independent of how long the user trains. Measurements and design history: docs/n
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +32,7 @@ from lightning_dv.methods.nddv.formulas import (
     marginal_calibration,
     robust_clip,
     state_costate_value,
-    target_distribution,
+    target_labels,
     terminal_probabilities,
 )
 from lightning_dv.methods.nddv.meta import EPS, MetaWeighting, default_meta_loss, meta_tensors
@@ -144,6 +145,11 @@ class NDDV(MetaWeighting, ValuationObjective):
         self._meta_optimizer: torch.optim.Optimizer | None = None
         self._stashed_meta_optimizer: dict[str, Any] | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_dynamics_modules", None)  # a weak reference to the module: rebuilt at the next step
+        return state
+
     # -- lifecycle ------------------------------------------------------------------------------
     def build(self, num_rows: int) -> NDDVState:
         self._meta_optimizer = None
@@ -180,7 +186,7 @@ class NDDV(MetaWeighting, ValuationObjective):
             )
         per_sample = step.per_sample_loss
         probs = terminal_probabilities(step.outputs)
-        target = target_distribution(step.targets, probs.shape[1]).to(probs.device)
+        target = target_labels(step.targets, probs.shape[1]).to(probs.device)
         if target.shape[0] != probs.shape[0]:
             raise ValueError(
                 f"`targets` has {target.shape[0]} rows but `outputs` has {probs.shape[0]}; pass one label per row."
@@ -198,21 +204,24 @@ class NDDV(MetaWeighting, ValuationObjective):
                 self.meta_step(state, step)
             with torch.no_grad():
                 w = state.weight_net(per_sample.detach())
-        task = (w.to(per_sample.dtype) * per_sample).sum() / (w.sum().to(per_sample.dtype) + EPS)
-        self._batch_weights = (step.idx.detach(), w.detach())
+        task = torch.dot(w.to(per_sample.dtype), per_sample) / (w.sum().to(per_sample.dtype) + EPS)
+        self._batch_weights = (step.idx, w.detach())
         with torch.no_grad():
             wd = w.detach().float()
             p = probs.detach()
             value = state_costate_value(p, target, wd)
             new = state.stats.update(step.idx, torch.stack([value, wd], dim=1))
-            # the mean field counts a row once per rank and epoch (its first record)
-            state.field.update(p[new], wd[new])
+            # the mean field counts a row once per rank and epoch (its first record): weight 0 otherwise
+            first = wd * new
+            state.field.update(p, first)
             for name, terminal in dynamics.items():
-                state.dynamics_field(name).update(terminal[new], wd[new])
-        if self.interaction == 0:
+                state.dynamics_field(name).update(terminal, first)
+        if self.interaction == 0 or not probs.requires_grad:
+            # Detached outputs (``model_loss="plain"`` / ``"reweight"``): the coupling has no
+            # gradient to give, and the value of this loss is not used, so it is not computed.
             return task
         mu = state.mean_field.to(probs.dtype)
-        coupling = 0.5 * self.interaction * ((probs - mu) ** 2).sum(dim=1).mean()
+        coupling = (0.5 * self.interaction / probs.shape[0]) * (probs - mu).square().sum()
         return task + coupling.to(task.dtype)
 
     def model_weights(self, state: nn.Module, idx: Tensor) -> Tensor | None:
@@ -224,14 +233,20 @@ class NDDV(MetaWeighting, ValuationObjective):
             raise RuntimeError("NDDV.model_weights must follow NDDV.loss on the same batch.")
         return w
 
-    @staticmethod
-    def _dynamics_states(step: ValuationStep) -> dict[str, Tensor]:
-        """Terminal states of the ControlledDynamicsNet modules that produced this batch's outputs."""
+    def _dynamics_states(self, step: ValuationStep) -> dict[str, Tensor]:
+        """Terminal states of the ControlledDynamicsNet modules that produced this batch's outputs.
+
+        The modules are looked up once per LightningModule (not on every step).
+        """
         if step.module is None:
             return {}
+        cached = getattr(self, "_dynamics_modules", None)
+        if cached is None or cached[0]() is not step.module:
+            found = [(n, m) for n, m in step.module.named_modules() if isinstance(m, ControlledDynamicsNet)]
+            cached = self._dynamics_modules = (weakref.ref(step.module), found)
         out = {}
-        for name, mod in step.module.named_modules():
-            x = getattr(mod, "terminal_state", None) if isinstance(mod, ControlledDynamicsNet) else None
+        for name, mod in cached[1]:
+            x = mod.terminal_state
             if x is not None and x.shape[0] == step.idx.shape[0]:
                 out[name] = x.detach().float()
         return out

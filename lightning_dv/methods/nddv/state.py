@@ -39,9 +39,9 @@ class WeightedMean(nn.Module):
     def update(self, x: Tensor, w: Tensor) -> None:
         if self.total.numel() != x.shape[1]:
             self.total = _frozen(torch.zeros(x.shape[1], dtype=torch.float64, device=x.device))
-        wd = w.double()
-        self.total += (wd.unsqueeze(1) * x.double()).sum(0).to(self.total.device)
-        self.weight += wd.sum().to(self.weight.device)
+        w = w.to(x.dtype)
+        self.total.add_(torch.mv(x.t(), w))  # total += X^T w (the batch's sum in x's dtype, added in float64)
+        self.weight.add_(w.sum())
 
     @torch.no_grad()
     def reduce(self, width: int | None = None) -> Tensor | None:
