@@ -173,7 +173,7 @@ class RowStatistics(Float32Module):
         values = values.detach().to(device, torch.float32).reshape(rows.shape[0], *self.sum.shape[1:])
         new = self.count.index_select(0, rows) == 0
         self.sum.index_add_(0, rows, values)
-        self.count.index_add_(0, rows, torch.ones(rows.shape[0], device=device))
+        self.count.index_add_(0, rows, torch.ones(rows.shape[0], dtype=self.count.dtype, device=device))
         return new
 
     @torch.no_grad()

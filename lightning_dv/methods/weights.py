@@ -246,7 +246,7 @@ class SampleWeights(Float32Module):
         pending, self._pending = self._pending, []
         device = self.raw.device
         if not pending:
-            empty = torch.zeros(0, device=device)
+            empty = torch.zeros(0, dtype=torch.float32, device=device)
             return torch.zeros(0, dtype=torch.long, device=device), empty, empty
         grads = [torch.zeros_like(x) if x.grad is None else x.grad.float() for _, x in pending]
         if len(pending) == 1:  # the usual case: one read per step, nothing to concatenate
@@ -304,7 +304,7 @@ class SampleWeights(Float32Module):
         if _FUSED_ADAM is not None:  # torch's fused Adam kernel: one call instead of seven
             step = getattr(self, "_fused_step", None)
             if step is None or step.device != self.raw.device:
-                step = self._fused_step = torch.zeros((), device=self.raw.device)
+                step = self._fused_step = torch.zeros((), dtype=torch.float32, device=self.raw.device)
             step.fill_(now)
             _FUSED_ADAM(
                 [self.raw], [g], [self.exp_avg], [self.exp_avg_sq], [], [step], lr=self.lr, beta1=b1,
