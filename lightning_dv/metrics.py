@@ -57,6 +57,9 @@ def noisy_mask(noisy, num_rows: int) -> Tensor:
     return mask
 
 
+_CHUNK = 1 << 16
+
+
 def two_means_split(values) -> Tensor:
     """Exact 1-D 2-means: a boolean mask of the LOW cluster.
 
@@ -73,12 +76,20 @@ def two_means_split(values) -> Tensor:
         return torch.zeros(n, dtype=torch.bool)
     s, order = torch.sort(v, stable=True)
     c1 = torch.cumsum(s, 0)
-    c2 = torch.cumsum(s * s, 0)
-    k = torch.arange(1, n, dtype=torch.float64)  # size of the low cluster
-    left_sse = c2[:-1] - c1[:-1] ** 2 / k
-    right_sum, right_sq = c1[-1] - c1[:-1], c2[-1] - c2[:-1]
-    right_sse = right_sq - right_sum**2 / (n - k)
-    best = int(torch.argmin(left_sse + right_sse))
+    c2 = s.square_().cumsum_(0)  # s is not needed again: prefix sums of squares in its place
+    # The within-cluster error of every split, in chunks (24 bytes per row at peak instead of ~64;
+    # the same arithmetic per element, so the same split):
+    # left = c2 - c1^2 / k, right = (c2[-1] - c2) - (c1[-1] - c1)^2 / (n - k), k = size of the low cluster
+    best, best_sse = 0, None
+    for lo in range(0, n - 1, _CHUNK):
+        hi = min(lo + _CHUNK, n - 1)
+        k = torch.arange(lo + 1, hi + 1, dtype=torch.float64)
+        left_sse = c2[lo:hi] - c1[lo:hi] ** 2 / k
+        right_sum, right_sq = c1[-1] - c1[lo:hi], c2[-1] - c2[lo:hi]
+        sse = left_sse + (right_sq - right_sum**2 / (n - k))
+        i = int(torch.argmin(sse))
+        if best_sse is None or sse[i] < best_sse:  # strict: the first minimum overall, as argmin
+            best, best_sse = lo + i, sse[i]
     low = torch.zeros(n, dtype=torch.bool)
     low[order[: best + 1]] = True
     return low

@@ -253,6 +253,8 @@ def _two_means_flags(values: np.ndarray) -> np.ndarray:
     from lightning_dv.metrics import two_means_split
 
     finite = np.isfinite(values)
+    if finite.all():  # the usual case: no masked copy of the values
+        return two_means_split(values).numpy() if len(values) >= 2 else np.zeros(len(values), dtype=bool)
     flags = ~finite
     if finite.sum() >= 2:
         flags[finite] = two_means_split(values[finite]).numpy()

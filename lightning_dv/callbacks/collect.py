@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from lightning_dv.data import IndexedDataset
-from lightning_dv.distributed import all_reduce_max, gather_rows
+from lightning_dv.distributed import all_reduce_max, gather_rows, is_distributed
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -157,5 +157,5 @@ class RowLabels:
 
     def merged(self, sync: bool = True) -> Tensor | None:
         """Labels on CPU, merged over ranks (``sync``: a collective every rank must call), or None if none."""
-        labels = (all_reduce_max(self.labels) if sync else self.labels).cpu().long()
+        labels = (all_reduce_max(self.labels) if sync and is_distributed() else self.labels).cpu().long()
         return labels if bool((labels >= 0).any()) else None

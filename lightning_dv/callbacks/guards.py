@@ -235,7 +235,7 @@ class VisitCounter:
 
     def sync(self) -> None:
         """Sum the counts since the last sync over ranks (collective under DDP)."""
-        self.synced += all_reduce_sum(self.local)
+        self.synced += all_reduce_sum(self.local, inplace=True)  # local is cleared next
         self.local.zero_()
 
     def total(self) -> Tensor:

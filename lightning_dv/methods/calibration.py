@@ -40,14 +40,16 @@ def robust_score(x: Tensor) -> Tensor:
         >>> robust_score(torch.tensor([1.0, 2.0, 3.0, 100.0])).round(decimals=2).tolist()
         [-0.67, 0.0, 0.67, 66.1]
     """
-    x = x.double()
+    x = x.to(torch.float64, copy=True)  # a copy: the score is computed in place on it
     med = x.median()
-    scale = 1.4826 * (x - med).abs().median()
+    dev = (x - med).abs_()
+    scale = 1.4826 * dev.median()
     if not scale > 0:  # more than half the rows tie
-        scale = (x - med).abs().mean()
+        scale = dev.mean()
+    del dev
     if not scale > 0:
         return torch.zeros_like(x)
-    return (x - med) / scale
+    return x.sub_(med).div_(scale)
 
 
 def robust_clip(x: Tensor, fence: float | None = None, upper_scale: float = 1.0) -> Tensor:
@@ -66,7 +68,7 @@ def robust_clip(x: Tensor, fence: float | None = None, upper_scale: float = 1.0)
         True
     """
     fence = max(3.0, 0.5 * x.numel() ** 0.5) if fence is None else float(fence)
-    z = robust_score(x).clamp(-fence, fence)
+    z = robust_score(x).clamp_(-fence, fence)
     return torch.where(z > 0, z * upper_scale, z).float()
 
 
@@ -128,7 +130,9 @@ def calibrate(
     values = values.detach()
     if calibration == "none":
         return values.clone()
-    seen = torch.ones_like(values, dtype=torch.bool) if seen is None else seen.bool()
+    if seen is None or bool(seen.all()):  # every row seen: no masked copies
+        return robust_clip(values, fence, upper_scale).to(values.dtype)
+    seen = seen.bool()
     out = torch.zeros_like(values)
     if bool(seen.any()):
         scores = robust_clip(values[seen], fence, upper_scale).to(out)

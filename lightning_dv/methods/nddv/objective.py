@@ -272,12 +272,14 @@ class NDDV(MetaWeighting, ValuationObjective):
         """Per-row state x costate value: the mean over the (first ``window``) epochs the row was seen, or the latest."""
         if self.aggregate == "last":
             return state.raw_value.detach().clone()
-        return state.value_mean.detach().clone()
+        return state.value_mean.detach()  # a fresh tensor already
 
     def marginal_values(self, state: NDDVState) -> Tensor:
         """The paper's calibrated value ``phi_i = v_i - mean_{j != i} v_j`` over the rows seen so far."""
         seen = state.seen.detach() > 0
         raw = self.raw_values(state)
+        if bool(seen.all()):  # the usual case after an epoch: no masked copies of N rows
+            return marginal_calibration(raw)
         out = torch.zeros_like(raw)
         if bool(seen.any()):
             out[seen] = marginal_calibration(raw[seen])
@@ -291,7 +293,7 @@ class NDDV(MetaWeighting, ValuationObjective):
 
     def extra_columns(self, state: nn.Module) -> dict[str, Tensor]:
         weight = state.weights.all() if state.weights is not None else state.weight.detach()
-        mean = state.value_mean.detach().clone()
+        mean = state.value_mean.detach()
         return {
             "nddv_state_costate": state.raw_value.detach().clone(),  # latest epoch
             "nddv_state_costate_mean": mean,  # mean over the (first `window`) epochs the row was seen

@@ -113,7 +113,7 @@ class NDDVState(ValuationState):
     @property
     def value_mean(self) -> Tensor:
         """Mean over the epochs the row was seen in (the first ``window``) of its state x costate value."""
-        return self.stats.mean()[:, VALUE]
+        return self.stats.mean(VALUE)
 
     def dynamics_field(self, name: str) -> WeightedMean:
         """The running weighted sum of the terminal states of the ControlledDynamicsNet ``name``."""
