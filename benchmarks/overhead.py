@@ -177,12 +177,15 @@ def time_fit(
     seed: int = 0,
     measure_memory: bool = True,
     workload: str = "mlp",
+    clock: str = "wall",
 ) -> tuple[float, int | None, float]:
     """Wall time (s), added peak memory (bytes) and median step time (s) of one ``Trainer.fit``,
     plain or with ``objective``; ``x, y`` from :func:`workload_data`.
 
     ``measure_memory=False`` skips the sampling thread (it costs CPU time on small machines) and
     returns ``None`` for the memory. Batch size: 32 (MLP, the paper's) or 128 (CNN) by default.
+    ``clock="cpu"``: the step time is this thread's CPU time (``time.thread_time``), which other
+    processes on a shared machine do not inflate; ``"wall"``: ``time.perf_counter``.
     """
     import lightning as L
     from torch.utils.data import DataLoader
@@ -217,7 +220,8 @@ def time_fit(
             t0 = time.perf_counter()
             trainer.fit(model, loader)
             wall = time.perf_counter() - t0
-    steady = timer.times[min(3, len(timer.times) - 1) :] or [float("nan")]  # first steps warm up
+    times = timer.cpu_times if clock == "cpu" else timer.times
+    steady = times[min(3, len(times) - 1) :] or [float("nan")]  # first steps warm up
     return wall, mem.peak_bytes, statistics.median(steady)
 
 
@@ -275,10 +279,15 @@ def run_overhead(
     log: Callable[[str], None] | None = print,
     memory: bool = True,
     workload: str = "mlp",
+    clock: str = "wall",
 ):
     """Measure every (N, J, objective) setting; one row per fit, as a DataFrame.
 
-    Times come from fits interleaved in this process. Peak memory comes from one fresh
+    Times come from fits interleaved in this process: at each N every repeat fits the plain
+    model and each objective once, the order rotating from repeat to repeat, so drift and
+    neighbours' load hit all variants alike; many short repeats (``max_batches``) beat few long
+    ones. The step is timed from batch start to batch end (no data loading), so the plain step
+    is the same computation at every N. Peak memory comes from one fresh
     subprocess per (N, J, variant) (:func:`probe_memory`): inside a long-lived process the
     allocator reuses what earlier fits freed, which hides what a fit needs.
 
@@ -295,6 +304,7 @@ def run_overhead(
         memory: Measure peak memory in fresh subprocesses (a few seconds each).
         workload: ``"mlp"`` (MLPClassifier on 16 Gaussian features, batch 32) or ``"cnn"``
             (:class:`~benchmarks.fitting.SmallCNN` on 3x32x32 images, batch 128).
+        clock: ``"cpu"`` (thread CPU time per step; for a shared CPU machine) or ``"wall"``.
 
     Returns:
         DataFrame with columns ``workload, rows, valid, variant, repeat, wall_s, step_s, peak_mb,
@@ -333,8 +343,9 @@ def run_overhead(
         steps *= epochs
         for j in valid_sizes:
             xv, yv = xv0[:j], yv0[:j]
+            variants = ["plain", *available]
             for r in range(repeats):
-                for variant in ["plain", *available]:
+                for variant in variants[r % len(variants) :] + variants[: r % len(variants)]:
                     objective = None if variant == "plain" else factories[variant](xv, yv)
                     wall, _, step = time_fit(
                         x,
@@ -346,6 +357,7 @@ def run_overhead(
                         seed=r,
                         measure_memory=False,
                         workload=workload,
+                        clock=clock,
                     )
                     records.append(
                         {
@@ -356,6 +368,7 @@ def run_overhead(
                             "repeat": r,
                             "wall_s": wall,
                             "step_s": step,
+                            "clock": clock,
                             "steps": steps,
                         }
                     )
@@ -374,18 +387,21 @@ def run_overhead(
     return pd.DataFrame(records)
 
 
-def overhead_table(df) -> str:
+def overhead_table(df, reference_rows: int | None = 10_000) -> str:
     """Markdown table of the medians over repeats: step-time, fit-time and memory against the plain fit.
 
     The step ratio (median step with the objective over the median plain step, per repeat) is
-    the per-step cost; the fit ratio also counts epoch-end work, which ``--max-batches`` does
-    not amortise over a whole epoch.
+    the per-step cost, with its interquartile range over repeats; the fit ratio also counts
+    epoch-end work, which ``--max-batches`` does not amortise over a whole epoch. *vs N ref* is
+    goal 1's ratio of ratios: each repeat's step ratio at this N over the median step ratio at
+    ``reference_rows`` (same workload, J and objective; default 10^4, else the smallest N), with
+    its interquartile range.
     """
     lines = [
         "| workload | N (train rows) | J (validation) | objective | steps | plain step (ms) | "
-        "step with objective (ms) | step ratio | fit ratio | peak memory of the fit: plain (MB) | "
-        "with objective (MB) |",
-        "|---" * 11 + "|",
+        "step with objective (ms) | step ratio | step ratio IQR | vs N ref (IQR) | fit ratio | "
+        "peak memory of the fit: plain (MB) | with objective (MB) |",
+        "|---" * 13 + "|",
     ]
     df = df.copy()
     if "workload" not in df:
@@ -394,18 +410,38 @@ def overhead_table(df) -> str:
         df["step_s"] = float("nan")
     if "peak_mb" not in df:
         df["peak_mb"] = float("nan")
+
+    def step_ratios(part, variant):
+        plain = part[part["variant"] == "plain"].set_index("repeat")
+        obj = part[part["variant"] == variant].set_index("repeat")
+        return (obj["step_s"] / plain["step_s"]).dropna()
+
     for (w, n, j), part in df.groupby(["workload", "rows", "valid"], sort=True):
         plain = part[part["variant"] == "plain"].set_index("repeat")
+        sizes = sorted(set(df[(df["workload"] == w) & (df["valid"] == j)]["rows"]))
+        ref = reference_rows if reference_rows in sizes else sizes[0]
+        ref_part = df[(df["workload"] == w) & (df["valid"] == j) & (df["rows"] == ref)]
         for variant in [v for v in dict.fromkeys(part["variant"]) if v != "plain"]:
             obj = part[part["variant"] == variant].set_index("repeat")
             ratios = (obj["wall_s"] / plain["wall_s"]).dropna()
-            step_ratios = (obj["step_s"] / plain["step_s"]).dropna()
-            step_ratio = f"**{statistics.median(step_ratios):.2f}x**" if len(step_ratios) else "n/a"
+            sr = step_ratios(part, variant)
+            if len(sr):
+                q1, q3 = np.nanpercentile(sr, [25, 75])
+                step_ratio, iqr = f"**{statistics.median(sr):.2f}x**", f"{q1:.2f}-{q3:.2f}"
+            else:
+                step_ratio, iqr = "n/a", "n/a"
+            ref_sr = step_ratios(ref_part, variant)
+            if len(sr) and len(ref_sr):
+                rr = sr / statistics.median(ref_sr)
+                r1, r3 = np.nanpercentile(rr, [25, 75])
+                vs_ref = f"{statistics.median(rr):.2f} ({r1:.2f}-{r3:.2f}) vs {ref:,}"
+            else:
+                vs_ref = "n/a"
             lines.append(
                 f"| {w} | {n:,} | {j:,} | {variant} | {int(obj['steps'].iloc[0])} | "
                 f"{1e3 * np.nanmedian(plain['step_s']):.2f} | {1e3 * np.nanmedian(obj['step_s']):.2f} | "
-                f"{step_ratio} | {statistics.median(ratios):.2f}x | {np.nanmedian(plain['peak_mb']):.0f} | "
-                f"{np.nanmedian(obj['peak_mb']):.0f} |"
+                f"{step_ratio} | {iqr} | {vs_ref} | {statistics.median(ratios):.2f}x | "
+                f"{np.nanmedian(plain['peak_mb']):.0f} | {np.nanmedian(obj['peak_mb']):.0f} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -438,6 +474,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"])
     p.add_argument("--threads", type=int, default=None, help="torch threads")
     p.add_argument("--no-memory", action="store_true", help="skip the fresh-process memory probes")
+    p.add_argument(
+        "--clock",
+        default=None,
+        choices=["cpu", "wall"],
+        help="step time: thread CPU time (default on CPU: robust to other processes) or wall time (default on GPU)",
+    )
+    p.add_argument("--reference-rows", type=int, default=10_000, help="N of the 'vs N ref' column")
     p.add_argument("--out", default="bench_overhead", help="output folder")
     argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
@@ -458,6 +501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.accelerator,
         memory=not args.no_memory,
         workload=args.workload,
+        clock=args.clock or ("cpu" if args.accelerator == "cpu" else "wall"),
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -467,7 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = (
         "# Training overhead of valuation (medians over repeats)\n\n"
         f"Command: `{command}`\n\nMachine: {machine_description()}; device: {device}\n\n"
-        + (overhead_table(df) if not df.empty else "No fit completed.\n")
+        + (overhead_table(df, args.reference_rows) if not df.empty else "No fit completed.\n")
     )
     atomic_write(out / "overhead.md", lambda tmp: Path(tmp).write_text(text))
     print(text)
