@@ -373,3 +373,26 @@ def test_upper_scale_keeps_order_and_lets_2_means_cut_in_the_low_tail():
     assert kmeans_f1(squeezed, rows) > kmeans_f1(plain, rows) + 0.2
     with pytest.raises(ValueError, match="upper_scale"):
         NDDV(upper_scale=0.0)
+
+
+def test_nddv_value_with_class_indices_equals_the_one_hot_form_and_coupling_needs_a_gradient():
+    from lightning_dv.methods.nddv.formulas import state_costate_value, target_distribution
+
+    torch.manual_seed(0)
+    p = torch.softmax(torch.randn(6, 3), dim=1)
+    y, w = torch.tensor([0, 2, 1, 1, 0, 2]), torch.rand(6) + 0.5
+    torch.testing.assert_close(
+        state_costate_value(p, y, w), state_costate_value(p, target_distribution(y, 3), w)
+    )
+    objective = NDDV()
+    state = objective.build(6)
+    logits = torch.randn(6, 3, requires_grad=True)
+    per_sample = F.cross_entropy(logits, y, reduction="none")
+    detached = objective.loss(
+        state, ValuationStep(per_sample.detach(), torch.arange(6), outputs=logits.detach(), targets=y)
+    )
+    attached = objective.loss(state, ValuationStep(per_sample, torch.arange(6), outputs=logits, targets=y))
+    # with detached outputs the coupling has no gradient to give and is left out of the value
+    probs = torch.softmax(logits.detach(), 1)
+    coupling = 0.5 * ((probs - 1 / 3) ** 2).sum(1).mean()
+    torch.testing.assert_close(attached.detach() - detached.detach(), coupling)

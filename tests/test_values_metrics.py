@@ -128,3 +128,22 @@ def test_brute_force_helper_is_exhaustive():
     sse = [((v[m] - v[m].mean()) ** 2).sum() + ((v[~m] - v[~m].mean()) ** 2).sum() for m in masks]
     best = masks[int(np.argmin(sse))]
     assert np.array_equal(brute_two_means(v), best if best[0] else ~best)
+
+
+def test_two_means_split_across_chunks_equals_the_exhaustive_minimum(monkeypatch):
+    import lightning_dv.metrics as metrics
+
+    monkeypatch.setattr(metrics, "_CHUNK", 7)  # many chunk boundaries on a small input
+    rng = np.random.default_rng(3)
+    for values in (
+        np.concatenate([rng.normal(0, 1, 40), rng.normal(5, 1, 23)]),
+        np.round(rng.normal(size=50)),
+    ):
+        s = np.sort(values)
+        sse = [
+            ((s[:k] - s[:k].mean()) ** 2).sum() + ((s[k:] - s[k:].mean()) ** 2).sum()
+            for k in range(1, len(s))
+        ]
+        k = int(np.argmin(sse)) + 1  # size of the low cluster
+        low = two_means_split(values).numpy()
+        assert low.sum() == k and values[low].max() <= values[~low].min()
