@@ -131,7 +131,8 @@ def calibrate(
     if calibration == "none":
         return values.clone()
     if seen is None or bool(seen.all()):  # every row seen: no masked copies
-        return robust_clip(values, fence, upper_scale).to(values.dtype)
+        scores = robust_clip(values, fence, upper_scale).to(values.dtype)
+        return scores if gate is None else gate_low_cluster(scores, values < gate)
     seen = seen.bool()
     out = torch.zeros_like(values)
     if bool(seen.any()):
