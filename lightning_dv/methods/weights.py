@@ -169,11 +169,15 @@ class SampleWeights(Float32Module):
         """
         k, p1, p2 = self._powers(rows.device)
         b1, b2 = self.betas
-        t0 = self.last_step[rows].to(torch.float64)[:, None]
+        t0 = self.last_step.index_select(0, rows).to(torch.float64)[:, None]
         c1 = 1 - torch.pow(b1, t0) * p1  # bias corrections at the tail's global steps t0 + k
         c2 = 1 - torch.pow(b2, t0) * p2
-        num = self.exp_avg[rows].to(torch.float64)[:, None] * p1 / c1
-        den = (self.exp_avg_sq[rows].to(torch.float64)[:, None] * p2 / c2).sqrt_().add_(self.eps)
+        num = self.exp_avg.index_select(0, rows).to(torch.float64)[:, None] * p1 / c1
+        den = (
+            (self.exp_avg_sq.index_select(0, rows).to(torch.float64)[:, None] * p2 / c2)
+            .sqrt_()
+            .add_(self.eps)
+        )
         terms = num.div_(den).masked_fill_(k <= after.to(torch.float64)[:, None], 0.0)
         return self.lr * terms.sum(dim=1)
 
@@ -285,18 +289,20 @@ class SampleWeights(Float32Module):
             self._dense_step(rows, grads, now)
             return
         before = self.current_raw(rows) if before is None else before
-        gap = (now - self.last_step[rows]).to(torch.float64)  # zero-gradient steps decay the moments
+        gap = (now - self.last_step.index_select(0, rows)).to(
+            torch.float64
+        )  # zero-gradient steps decay the moments
         g = grads.to(torch.float64)
-        m = (self.exp_avg[rows].double() * torch.pow(b1, gap) + (1 - b1) * g).float()
-        v = (self.exp_avg_sq[rows].double() * torch.pow(b2, gap) + (1 - b2) * g * g).float()
+        m = (self.exp_avg.index_select(0, rows).double() * torch.pow(b1, gap) + (1 - b1) * g).float()
+        v = (self.exp_avg_sq.index_select(0, rows).double() * torch.pow(b2, gap) + (1 - b2) * g * g).float()
         denom = v.sqrt() / math.sqrt(1 - b2**now) + self.eps
         after = self._settle(before - (self.lr / (1 - b1**now)) * m / denom)
-        self.exp_avg[rows] = m
-        self.exp_avg_sq[rows] = v
-        self.last_step[rows] = now
+        self.exp_avg.index_copy_(0, rows, m)  # rows are distinct (merged)
+        self.exp_avg_sq.index_copy_(0, rows, v)
+        self.last_step.index_fill_(0, rows, now)
         self.step.fill_(now)
         self._now = now
-        self.raw[rows] = after - self._full_tail(m, v, now).to(after.dtype)
+        self.raw.index_copy_(0, rows, after - self._full_tail(m, v, now).to(after.dtype))
 
     def _dense_step(self, rows: Tensor, grads: Tensor, now: int) -> None:
         b1, b2 = self.betas
