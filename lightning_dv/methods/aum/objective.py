@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from lightning_dv._validation import check_class_labels
+from lightning_dv._validation import check_class_labels, check_window
 from lightning_dv.distributed import RowStatistics
 from lightning_dv.methods.base import ValuationObjective, ValuationState, ValuationStep
 from lightning_dv.methods.calibration import calibrate, check_calibration
@@ -117,10 +117,7 @@ class AUM(ValuationObjective):
         upper_scale: float = 0.1,
         gate: float | None = 0.0,
     ) -> None:
-        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
-            raise ValueError(
-                f"`window` must be a positive number of epochs or None (all epochs); got {window!r}."
-            )
+        check_window(window)
         check_calibration(calibration, fence, upper_scale)
         if gate is not None and (isinstance(gate, bool) or not isinstance(gate, (int, float))):
             raise ValueError(f"`gate` must be a margin (a number) or None (plain 2-means); got {gate!r}.")

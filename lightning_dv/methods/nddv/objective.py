@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from lightning_dv._validation import check_choice
+from lightning_dv._validation import check_choice, check_window
 from lightning_dv.methods.base import ValuationObjective, ValuationStep
 from lightning_dv.methods.calibration import calibrate, check_calibration
 from lightning_dv.methods.nddv.dynamics import ControlledDynamicsNet
@@ -123,10 +123,7 @@ class NDDV(MetaWeighting, ValuationObjective):
         if interaction < 0:
             raise ValueError(f"`interaction` must be >= 0; got {interaction}.")
         check_calibration("robust", fence, upper_scale)
-        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
-            raise ValueError(
-                f"`window` must be a positive number of epochs or None (all epochs); got {window!r}."
-            )
+        check_window(window)
         if lr is not None and lr <= 0:
             raise ValueError(f"`lr` must be > 0; got {lr}.")
         if pseudo_lr <= 0 or meta_batch_size < 1 or hidden < 1:
