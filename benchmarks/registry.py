@@ -208,6 +208,24 @@ def _lossval_exact(split: Split, seed: int) -> DataValues:
 
 
 @register(
+    "lossval_ot02",
+    kind="project",
+    description="LossVal at defaults, the fast solver annealing at ot_scaling=0.2 (fewer epsilon steps)",
+)
+def _lossval_ot02(split: Split, seed: int) -> DataValues:
+    return _lossval(split, seed, ot_scaling=0.2)
+
+
+@register(
+    "lossval_ot01",
+    kind="project",
+    description="LossVal at defaults, the fast solver annealing at ot_scaling=0.1 (fewer epsilon steps)",
+)
+def _lossval_ot01(split: Split, seed: int) -> DataValues:
+    return _lossval(split, seed, ot_scaling=0.1)
+
+
+@register(
     "lossval_reweight",
     kind="project",
     description="LossVal, 30 epochs, the model trained on the learned weights (model_loss='reweight')",

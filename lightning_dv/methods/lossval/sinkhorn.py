@@ -68,6 +68,31 @@ def epsilon_schedule(p: int, diameter: float, blur: float, scaling: float) -> li
     return [diameter**p] + [math.exp(start + k * step) for k in range(n)] + [blur**p]
 
 
+def check_schedule(
+    diameter: float | None = None,
+    blur: float = 0.05,
+    scaling: float = 0.5,
+    solve_scaling: float | None = None,
+) -> None:
+    """Validate the Sinkhorn schedule's arguments (the user's names in the messages).
+
+    Example:
+        >>> check_schedule(blur=0.05, scaling=1.5)
+        Traceback (most recent call last):
+        ...
+        ValueError: `scaling` must be in (0, 1) (each epsilon step multiplies epsilon by scaling**p); got 1.5.
+    """
+    if diameter is not None and not diameter > 0:
+        raise ValueError(f"`diameter` must be > 0; got {diameter}.")
+    if not blur > 0:
+        raise ValueError(f"`blur` must be > 0 (the final epsilon is blur**p); got {blur}.")
+    for name, value in (("scaling", scaling), ("solve_scaling", solve_scaling)):
+        if value is not None and not 0 < value < 1:
+            raise ValueError(
+                f"`{name}` must be in (0, 1) (each epsilon step multiplies epsilon by scaling**p); got {value}."
+            )
+
+
 def ground_cost(x: Tensor, y: Tensor, p: int) -> Tensor:
     """geomloss's cost ``|x - y|^p / p`` for ``p`` in {1, 2} (squared distances by the expansion)."""
     sq = (x * x).sum(1, keepdim=True) - 2 * x @ y.T + (y * y).sum(1)
@@ -193,7 +218,10 @@ class SinkhornDivergence:
         diameter: Fixed diameter of the problem (start of the epsilon schedule).
         p: Exponent of the ground cost ``|x - y|^p / p`` (1 or 2).
         blur: Target blur (``eps = blur**p``).
-        scaling: Epsilon-scaling ratio.
+        scaling: Epsilon-scaling ratio of geomloss's schedule, which fixes ``D``'s raw-mass offsets.
+        solve_scaling: Epsilon-scaling ratio the potentials are annealed at (``None``: ``scaling``,
+            geomloss's result to float rounding). Smaller: fewer epsilon steps per call; the
+            offsets keep ``scaling``'s closed form, so only the normalised potentials change.
         exact_self_max: Largest J whose self-term ``OT(b, b)`` is solved exactly (J x J); above it,
             the identity plan's value (error bounded in the module docstring).
 
@@ -216,6 +244,7 @@ class SinkhornDivergence:
         blur: float = 0.05,
         scaling: float = 0.5,
         exact_self_max: int = 2048,
+        solve_scaling: float | None = None,
     ) -> None:
         if target.ndim != 2 or target.shape[0] == 0:
             raise ValueError(
@@ -223,8 +252,15 @@ class SinkhornDivergence:
             )
         if p not in (1, 2):
             raise ValueError(f"`p` must be 1 or 2 (geomloss's point-cloud costs); got {p}.")
+        check_schedule(diameter=diameter, blur=blur, scaling=scaling, solve_scaling=solve_scaling)
         self.p = p
+        # eps_list fixes D's raw-mass offsets (geomloss's schedule); solve_eps anneals the potentials
         self.eps_list = epsilon_schedule(p, float(diameter), float(blur), float(scaling))
+        self.solve_eps = (
+            self.eps_list
+            if solve_scaling is None
+            else epsilon_schedule(p, float(diameter), float(blur), float(solve_scaling))
+        )
         self.y = target.detach().float().contiguous()
         self.b = target_weights.detach().float().contiguous()
         self.log_beta, log_mb = _normalised(log_weights(self.b))
@@ -241,7 +277,9 @@ class SinkhornDivergence:
         s, _ = mass_offsets(self.eps_list, self.log_mb, self.log_mb)
         if self.y.shape[0] <= exact_self_max:
             with torch.no_grad():
-                g = annealed_self_potential(self.eps_list, ground_cost(self.y, self.y, self.p), self.log_beta)
+                g = annealed_self_potential(
+                    self.solve_eps, ground_cost(self.y, self.y, self.p), self.log_beta
+                )
             normalised = 2 * float((self.b.double() * g.double()).sum())
         else:  # identity plan: eps * H(beta), each point transported onto itself
             beta = self.log_beta.double().exp()
@@ -267,7 +305,7 @@ class SinkhornDivergence:
             log_alpha, log_ma = _normalised(log_a)
             c_xy = ground_cost(x32, self.y, self.p)
             c_xx = ground_cost(x32, x32, self.p)
-            f, g, f_aa = annealed_potentials(self.eps_list, c_xy, c_xx, log_alpha, self.log_beta)
+            f, g, f_aa = annealed_potentials(self.solve_eps, c_xy, c_xx, log_alpha, self.log_beta)
             s = self._s[0] * log_ma + self._s[1]
             t = self._t[0] * log_ma + self._t[1]
             grad = (f - f_aa).double() + (s - self._s_own * log_ma)
