@@ -190,6 +190,12 @@ def test_ot_and_backend_are_validated():
         LossVal(validation=torch.randn(20, 3), ot="exact", backend="keops")
     with pytest.raises(ValueError, match="`p=3` is not supported"):
         LossVal(validation=torch.randn(20, 3), p=3)
+    with pytest.raises(ValueError, match="`ot_scaling` must be in \\(0, 1\\)"):
+        LossVal(validation=torch.randn(20, 3), ot_scaling=2.0)
+    with pytest.raises(ValueError, match="which `ot='exact'` does not use"):
+        LossVal(validation=torch.randn(20, 3), ot="exact", ot_scaling=0.2)
+    with pytest.raises(ValueError, match="`scaling` must be in \\(0, 1\\)"):
+        LossVal(validation=torch.randn(20, 3), scaling=1.0)
 
 
 def test_window_is_validated():

@@ -137,3 +137,61 @@ def test_fast_solver_at_j_10000_needs_no_j_by_j_matrix():
     d.backward()
     assert torch.isfinite(d) and torch.isfinite(a.grad).all()
     assert div.self_term == pytest.approx(0.0, abs=1e-3)  # raw unit masses: eps * sum b log b = 0
+
+
+# -- a coarser annealing (LossVal(ot_scaling=...)) against geomloss at that scaling -------------
+def _geomloss_at(scaling, a, x, b, y, diameter):
+    return SamplesLoss("sinkhorn", p=2, blur=0.05, scaling=scaling, debias=True, diameter=diameter)(
+        a, x, b, y
+    )
+
+
+@pytest.mark.parametrize("solve_scaling", [0.3, 0.1])
+def test_coarser_annealing_is_geomloss_at_that_scaling_plus_the_reference_offsets(solve_scaling):
+    """``solve_scaling`` anneals the potentials as geomloss does at that scaling; ``D``'s raw-mass
+    offsets stay those of ``scaling``. geomloss on coincident clouds (zero cost: its normalised
+    potentials vanish) gives each schedule's offset term alone, so
+
+        ours(0.5, solve s) = geomloss_s(x, y) + [geomloss_0.5 - geomloss_s](coincident clouds),
+
+    and the gradient equals geomloss_s's up to a constant shared by the rows. Uniform masses have
+    no offsets: ours equals geomloss at scaling ``s``."""
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.randn(32, 16, generator=g), torch.randn(100, 16, generator=g) + 0.3
+    a0 = torch.rand(32, generator=g) + 0.5
+    diameter = 1.1 * float(torch.cdist(x, y).max())
+    b = torch.ones(100)
+    a_ref, a = a0.clone().requires_grad_(True), a0.clone().requires_grad_(True)
+    ref = _geomloss_at(solve_scaling, a_ref, x, b, y, diameter)
+    (g_ref,) = torch.autograd.grad(ref, a_ref)
+    zx, zy = torch.zeros(32, 16), torch.zeros(100, 16)
+    offsets = _geomloss_at(0.5, a0, zx, b, zy, diameter) - _geomloss_at(
+        solve_scaling, a0, zx, b, zy, diameter
+    )
+    div = SinkhornDivergence(y, b, diameter, scaling=0.5, solve_scaling=solve_scaling)
+    assert len(div.solve_eps) < len(div.eps_list)
+    ours = div(a, x)
+    (g_ours,) = torch.autograd.grad(ours, a)
+    assert float(ours) == pytest.approx(float(ref + offsets), rel=1e-5)
+    centred_ref, centred = g_ref - g_ref.mean(), g_ours - g_ours.mean()
+    torch.testing.assert_close(centred, centred_ref, rtol=1e-4, atol=1e-4 * float(centred_ref.abs().max()))
+    # uniform masses: no offsets, so the whole result is geomloss's at the coarser scaling
+    au, bu = (a0 / a0.sum()).requires_grad_(True), torch.full((100,), 0.01)
+    au_ref = au.detach().clone().requires_grad_(True)
+    ref_u = _geomloss_at(solve_scaling, au_ref, x, bu, y, diameter)
+    ours_u = SinkhornDivergence(y, bu, diameter, scaling=0.5, solve_scaling=solve_scaling)(au, x)
+    assert float(ours_u) == pytest.approx(float(ref_u), rel=1e-5, abs=1e-6)
+    (gu_ref,), (gu,) = torch.autograd.grad(ref_u, au_ref), torch.autograd.grad(ours_u, au)
+    torch.testing.assert_close(gu, gu_ref, rtol=1e-5, atol=1e-5 * float(gu_ref.abs().max()))
+
+
+def test_schedule_arguments_are_validated():
+    y = torch.randn(10, 3)
+    with pytest.raises(ValueError, match="`solve_scaling` must be in \\(0, 1\\)"):
+        SinkhornDivergence(y, torch.ones(10), diameter=5.0, solve_scaling=1.0)
+    with pytest.raises(ValueError, match="`scaling` must be in \\(0, 1\\)"):
+        SinkhornDivergence(y, torch.ones(10), diameter=5.0, scaling=0.0)
+    with pytest.raises(ValueError, match="`blur` must be > 0"):
+        SinkhornDivergence(y, torch.ones(10), diameter=5.0, blur=0.0)
+    with pytest.raises(ValueError, match="`diameter` must be > 0"):
+        SinkhornDivergence(y, torch.ones(10), diameter=-1.0)

@@ -239,7 +239,9 @@ class LossVal(ValuationObjective):
         check_choice("constraint", constraint, CONSTRAINTS)
         if lr <= 0:
             raise ValueError(f"`lr` must be > 0; got {lr}.")
-        check_schedule(diameter=diameter, blur=blur, scaling=scaling, solve_scaling=ot_scaling)
+        check_schedule(
+            diameter=diameter, blur=blur, scaling=scaling, solve_scaling=ot_scaling, solve_name="ot_scaling"
+        )
         if ot_scaling is not None and ot != "fast":
             raise ValueError(
                 f"`ot_scaling={ot_scaling}` sets the fast solver's annealing, which `ot={ot!r}` does not use; "

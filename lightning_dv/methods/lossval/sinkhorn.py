@@ -73,8 +73,10 @@ def check_schedule(
     blur: float = 0.05,
     scaling: float = 0.5,
     solve_scaling: float | None = None,
+    solve_name: str = "solve_scaling",
 ) -> None:
-    """Validate the Sinkhorn schedule's arguments (the user's names in the messages).
+    """Validate the Sinkhorn schedule's arguments (``solve_name``: the caller's name for
+    ``solve_scaling`` in the messages).
 
     Example:
         >>> check_schedule(blur=0.05, scaling=1.5)
@@ -86,7 +88,7 @@ def check_schedule(
         raise ValueError(f"`diameter` must be > 0; got {diameter}.")
     if not blur > 0:
         raise ValueError(f"`blur` must be > 0 (the final epsilon is blur**p); got {blur}.")
-    for name, value in (("scaling", scaling), ("solve_scaling", solve_scaling)):
+    for name, value in (("scaling", scaling), (solve_name, solve_scaling)):
         if value is not None and not 0 < value < 1:
             raise ValueError(
                 f"`{name}` must be in (0, 1) (each epsilon step multiplies epsilon by scaling**p); got {value}."
