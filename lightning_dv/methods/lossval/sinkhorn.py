@@ -161,31 +161,32 @@ def _normalised(log_w: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def annealed_potentials(
-    eps_list: list[float], c_xy: Tensor, c_xx: Tensor, log_alpha: Tensor, log_beta: Tensor
+    eps_list: list[float], c_cols: Tensor, log_alpha: Tensor, log_beta: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
     """geomloss's symmetric annealed Sinkhorn on the normalised problems ``OT(alpha, beta)`` and
     ``OT(alpha, alpha)``: ``(f_hat, g_hat, f_hat_aa)`` after the final extrapolation.
 
-    ``c_xy`` is ``(B, J)``, ``c_xx`` ``(B, B)``. Each epsilon costs two reductions: one along the
-    rows of ``c_xy`` (the batch potential ``f``), one down the columns of ``[c_xy | c_xx]`` (the
+    ``c_cols`` is ``[C_xy | C_xx]``, shape ``(B, J + B)``. Each epsilon costs two reductions: one
+    along the rows of ``C_xy`` (the batch potential ``f``), one down the columns of ``c_cols`` (the
     validation potential ``g`` and the batch's own potential ``f_aa`` together); both keep the
     long validation axis contiguous.
     """
-    b, j = c_xy.shape
-    c_cols = torch.cat([c_xy, c_xx], dim=1)  # columns: validation points, then batch points
+    b = c_cols.shape[0]
+    j = c_cols.shape[1] - b
+    c_xy = c_cols[:, :j]
 
     def batch_side(eps: float, g: Tensor) -> Tensor:  # log-sum-exp over the validation points
         return logsumexp_(torch.add(torch.add(log_beta, g, alpha=1.0 / eps), c_xy, alpha=-1.0 / eps))
 
+    # rows of `blocks` spread the two batch-side vectors over their column blocks: one addmm
+    # builds h_i - C_ik / eps for both blocks (no cat / expand per epsilon)
+    blocks = torch.zeros(2, j + b, dtype=c_xy.dtype, device=c_xy.device)
+    blocks[0, :j], blocks[1, j:] = 1.0, 1.0
+    log_alpha_col = log_alpha.unsqueeze(1)
+
     def rest_side(eps: float, f: Tensor, rest: Tensor) -> Tensor:  # over the batch points
-        h = torch.cat(
-            [
-                torch.add(log_alpha, f, alpha=1.0 / eps).unsqueeze(1).expand(b, j),
-                torch.add(log_alpha, rest[j:], alpha=1.0 / eps).unsqueeze(1).expand(b, b),
-            ],
-            dim=1,
-        )
-        return logsumexp_(h.add_(c_cols, alpha=-1.0 / eps), 0)
+        h = torch.add(log_alpha_col, torch.stack([f, rest[j:]], 1), alpha=1.0 / eps)
+        return logsumexp_(torch.addmm(c_cols, h, blocks, beta=-1.0 / eps), 0)
 
     eps = eps_list[0]
     zero_f = torch.zeros_like(log_alpha)
@@ -265,6 +266,7 @@ class SinkhornDivergence:
         )
         self.y = target.detach().float().contiguous()
         self.b = target_weights.detach().float().contiguous()
+        self.b64, self.y_half = self.b.double(), (self.y * self.y).sum(1).mul_(0.5)
         self.log_beta, log_mb = _normalised(log_weights(self.b))
         self.log_mb = float(log_mb)
         self.mass_b = float(self.b.double().sum())
@@ -290,9 +292,18 @@ class SinkhornDivergence:
         return normalised + 2 * s * self.mass_b
 
     def to(self, device: torch.device) -> SinkhornDivergence:
-        self.y, self.b = self.y.to(device), self.b.to(device)
-        self.log_beta = self.log_beta.to(device)
+        self.y, self.b, self.b64 = self.y.to(device), self.b.to(device), self.b64.to(device)
+        self.log_beta, self.y_half = self.log_beta.to(device), self.y_half.to(device)
         return self
+
+    def _cost_cols(self, x: Tensor) -> Tensor:
+        """``[C_xy | C_xx]`` of the batch ``x``; for ``p = 2`` one matrix product against the
+        stacked points, ``|x|^2 / 2 - x.y + |y|^2 / 2`` with the target's norms precomputed."""
+        if self.p != 2:
+            return torch.cat([ground_cost(x, self.y, self.p), ground_cost(x, x, self.p)], dim=1)
+        x_half = (x * x).sum(1).mul_(0.5)
+        norms = torch.add(x_half.unsqueeze(1), torch.cat([self.y_half, x_half]))
+        return torch.addmm(norms, x, torch.cat([self.y, x]).T, alpha=-1.0)
 
     def __call__(self, a: Tensor, x: Tensor) -> Tensor:
         """``S((a, x), (b, y))`` as a surrogate: its value, and ``f_ab - f_aa`` as gradient in ``a``."""
@@ -305,15 +316,13 @@ class SinkhornDivergence:
             a32, x32 = a.detach().float(), x.float()
             log_a = log_weights(a32)
             log_alpha, log_ma = _normalised(log_a)
-            c_xy = ground_cost(x32, self.y, self.p)
-            c_xx = ground_cost(x32, x32, self.p)
-            f, g, f_aa = annealed_potentials(self.solve_eps, c_xy, c_xx, log_alpha, self.log_beta)
+            f, g, f_aa = annealed_potentials(self.solve_eps, self._cost_cols(x32), log_alpha, self.log_beta)
             s = self._s[0] * log_ma + self._s[1]
             t = self._t[0] * log_ma + self._t[1]
             grad = (f - f_aa).double() + (s - self._s_own * log_ma)
             value = (
                 (a32.double() * grad).sum()
-                + (self.b.double() * g.double()).sum()
+                + (self.b64 * g.double()).sum()
                 + t * self.mass_b
                 - 0.5 * self.self_term
             )
