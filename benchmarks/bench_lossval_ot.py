@@ -2,11 +2,14 @@
 
 For each validation size J: the one-off set-up (the validation self-term ``OT(b, b)``) and the
 median time of one call plus its backward at batch 32 on 16 Gaussian features (the overhead
-benchmark's MLP workload), both solvers interleaved ``--repeats`` times; then, with
-``--profile``, a cProfile of one LossVal fit (``--steps`` steps) per solver, top functions by
-internal time. Run::
+benchmark's MLP workload), both solvers interleaved ``--repeats`` times; ``--ot-scaling`` adds the fast solver annealing
+at a coarser scaling (``fast@0.2``: ``LossVal(ot_scaling=0.2)``). With ``--fit-ratios``, the
+median training-step time of a LossVal fit over a plain fit (MLP, 1,000 rows, batch 32), default
+against each ``--ot-scaling``, interleaved in this process. With ``--profile``, a cProfile of one
+LossVal fit (``--steps`` steps) per solver, top functions by internal time. Run::
 
     OMP_NUM_THREADS=1 python -m benchmarks.bench_lossval_ot --valid 100 1000 10000 --profile
+    OMP_NUM_THREADS=1 python -m benchmarks.bench_lossval_ot --valid 100 1000 --ot-scaling 0.2 --fit-ratios
 """
 
 from __future__ import annotations
@@ -26,10 +29,13 @@ SOLVERS = ("fast", "exact")
 
 
 def make_divergence(solver: str, y: torch.Tensor, diameter: float):
-    """The LossVal OT object of ``solver`` for validation features ``y`` (raw unit masses)."""
+    """The LossVal OT object of ``solver`` (``fast``, ``exact``, or ``fast@S``: the fast solver
+    annealing at scaling ``S``) for validation features ``y`` (raw unit masses)."""
     from lightning_dv.methods.lossval.ot import CachedSinkhornDivergence
     from lightning_dv.methods.lossval.sinkhorn import SinkhornDivergence
 
+    if solver.startswith("fast@"):
+        return SinkhornDivergence(y, torch.ones(y.shape[0]), diameter, solve_scaling=float(solver[5:]))
     cls = SinkhornDivergence if solver == "fast" else CachedSinkhornDivergence
     return cls(y, torch.ones(y.shape[0]), diameter)
 
@@ -82,6 +88,30 @@ def profile_fit(solver: str, valid: int = 100, steps: int = 100, top: int = 15) 
     return buf.getvalue()
 
 
+def fit_ratios(valid: int, ot_scalings=(), repeats: int = 3, steps: int = 32) -> dict[str, float]:
+    """Median step time of a LossVal fit over a plain fit's, default and each ``ot_scaling``,
+    interleaved ``repeats`` times (median of the per-repeat ratios).
+
+    Example:
+        >>> sorted(fit_ratios(20, (0.2,), repeats=1, steps=6))
+        ['lossval', 'lossval(ot_scaling=0.2)']
+    """
+    from benchmarks.overhead import time_fit, validation_data, workload_data
+    from lightning_dv import LossVal
+
+    x, y = workload_data("mlp", 1000)
+    xv, yv = validation_data("mlp", valid)
+    variants = {"lossval": {}} | {f"lossval(ot_scaling={s})": {"ot_scaling": s} for s in ot_scalings}
+    ratios: dict[str, list[float]] = {name: [] for name in variants}
+    time_fit(x, y, None, 1, 5, measure_memory=False)  # warm-up
+    for _ in range(repeats):
+        plain = time_fit(x, y, None, 1, steps, measure_memory=False)[2]
+        for name, options in variants.items():
+            step = time_fit(x, y, LossVal(validation=(xv, yv), **options), 1, steps, measure_memory=False)[2]
+            ratios[name].append(step / plain)
+    return {name: statistics.median(r) for name, r in ratios.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_lossval_ot", description=__doc__)
     parser.add_argument(
@@ -95,13 +125,27 @@ def main() -> None:
         "--profile", action="store_true", help="also cProfile one LossVal fit per solver (J=100)"
     )
     parser.add_argument("--steps", type=int, default=100, help="steps of the profiled fits")
+    parser.add_argument(
+        "--ot-scaling", nargs="*", type=float, default=[], help="also the fast solver at these scalings"
+    )
+    parser.add_argument(
+        "--fit-ratios",
+        action="store_true",
+        help="also step ratios over a plain fit (default vs --ot-scaling)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
+    coarse = tuple(f"fast@{s}" for s in args.ot_scaling)
     print("| J | solver | set-up (s) | one call + backward (ms) |\n|---|---|---|---|")
     for j in args.valid:
-        solvers = SOLVERS if j <= args.exact_max else ("fast",)
+        solvers = (SOLVERS if j <= args.exact_max else ("fast",)) + coarse
         for name, s in time_calls(j, args.repeats, solvers=solvers).items():
             print(f"| {j:,} | {name} | {s['setup_s']:.3f} | {s['call_ms']:.2f} |")
+    if args.fit_ratios:
+        print("\n| J | objective | step ratio over a plain fit |\n|---|---|---|")
+        for j in args.valid:
+            for name, ratio in fit_ratios(j, args.ot_scaling, args.repeats).items():
+                print(f"| {j:,} | {name} | {ratio:.2f}x |")
     if args.profile:
         for name in SOLVERS:
             print(f"\n### cProfile, LossVal(ot={name!r}), J=100, {args.steps} steps\n")
