@@ -45,12 +45,37 @@ def _rss_bytes() -> int | None:
         return None
 
 
+def _reset_high_water_mark() -> bool:
+    """Reset the kernel's peak resident set size of this process (Linux >= 4.0); False if not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        return False
+    return _high_water_mark() is not None
+
+
+def _high_water_mark() -> int | None:
+    """The kernel's peak resident set size of this process since the last reset (bytes), or None."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 class PeakMemory:
     """Context manager measuring the peak memory a block adds (bytes; None where unmeasurable).
 
-    On CUDA it uses the allocator's peak statistics; on CPU a thread samples the resident set
-    size of the process every ``interval`` seconds (memory freed back to the allocator but not
-    to the OS stays counted, so this is an upper bound of what the block itself used).
+    On CUDA it uses the allocator's peak statistics. On Linux CPUs it resets the kernel's
+    resident-set high-water mark (``/proc/self/clear_refs``) and reads it back (``VmHWM``): exact,
+    however loaded the machine. Elsewhere a thread samples the resident set size every
+    ``interval`` seconds (a short peak between two samples is missed under load). Memory freed
+    back to the allocator but not to the OS stays counted, so either is an upper bound of what
+    the block itself used.
 
     Example:
         >>> with PeakMemory() as pm:
@@ -74,7 +99,8 @@ class PeakMemory:
             return self
         self._start = _rss_bytes()
         self._peak = self._start
-        if self._start is not None:
+        self._kernel_peak = self._start is not None and _reset_high_water_mark()
+        if self._start is not None and not self._kernel_peak:
             self._thread = threading.Thread(target=self._poll, daemon=True)
             self._thread.start()
         return self
@@ -91,6 +117,10 @@ class PeakMemory:
             self.peak_bytes = torch.cuda.max_memory_allocated() - self._start
             return
         if self._start is None:
+            return
+        if self._kernel_peak:
+            self._peak = max(self._peak, _high_water_mark() or 0)
+            self.peak_bytes = self._peak - self._start
             return
         self._stop.set()
         self._thread.join()

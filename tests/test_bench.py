@@ -289,6 +289,11 @@ def test_overhead_benchmark_measures_plain_and_objective_fits():
         block = np.ones(20_000_000)  # 160 MB, touched
         block += 1
     assert pm.peak_bytes is None or pm.peak_bytes > 100 * 2**20
+    with PeakMemory() as pm:  # a peak already freed when the block ends still counts
+        block = np.ones(20_000_000)
+        block += 1
+        del block
+    assert pm.peak_bytes is None or pm.peak_bytes > 100 * 2**20
 
 
 def test_complexity_gap_adapter_scores_conflicting_duplicates_most_suspicious():
