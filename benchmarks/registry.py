@@ -7,6 +7,7 @@ dependency is not installed.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -198,49 +199,31 @@ def _lossval(split: Split, seed: int, model_loss: str | None = None, **options) 
     )
 
 
-@register(
-    "lossval_exact",
-    kind="project",
-    description="LossVal at defaults with geomloss's SamplesLoss as the OT solver (ot='exact'): the reference of the fast solver",
-)
-def _lossval_exact(split: Split, seed: int) -> DataValues:
-    return _lossval(split, seed, ot="exact")
-
-
-@register(
-    "lossval_ot02",
-    kind="project",
-    description="LossVal at defaults, the fast solver annealing at ot_scaling=0.2 (fewer epsilon steps)",
-)
-def _lossval_ot02(split: Split, seed: int) -> DataValues:
-    return _lossval(split, seed, ot_scaling=0.2)
-
-
-@register(
-    "lossval_ot01",
-    kind="project",
-    description="LossVal at defaults, the fast solver annealing at ot_scaling=0.1 (fewer epsilon steps)",
-)
-def _lossval_ot01(split: Split, seed: int) -> DataValues:
-    return _lossval(split, seed, ot_scaling=0.1)
-
-
-@register(
-    "lossval_reweight",
-    kind="project",
-    description="LossVal, 30 epochs, the model trained on the learned weights (model_loss='reweight')",
-)
-def _lossval_reweight(split: Split, seed: int) -> DataValues:
-    return _lossval(split, seed, model_loss="reweight")
-
-
-@register(
-    "lossval_objective",
-    kind="project",
-    description="LossVal, 30 epochs, the paper's formula drives the model",
-)
-def _lossval_objective(split: Split, seed: int) -> DataValues:
-    return _lossval(split, seed, model_loss="objective")
+#: LossVal variants of the benchmark: name -> (description, options of the ``lossval`` entry).
+LOSSVAL_VARIANTS: dict[str, tuple[str, dict]] = {
+    "lossval_exact": (
+        "LossVal at defaults with geomloss's SamplesLoss as the OT solver (ot='exact'): the reference of the fast solver",
+        {"ot": "exact"},
+    ),
+    "lossval_ot02": (
+        "LossVal at defaults, the fast solver annealing at ot_scaling=0.2 (fewer epsilon steps)",
+        {"ot_scaling": 0.2},
+    ),
+    "lossval_ot01": (
+        "LossVal at defaults, the fast solver annealing at ot_scaling=0.1 (fewer epsilon steps)",
+        {"ot_scaling": 0.1},
+    ),
+    "lossval_reweight": (
+        "LossVal, 30 epochs, the model trained on the learned weights (model_loss='reweight')",
+        {"model_loss": "reweight"},
+    ),
+    "lossval_objective": (
+        "LossVal, 30 epochs, the paper's formula drives the model",
+        {"model_loss": "objective"},
+    ),
+}
+for _name, (_description, _options) in LOSSVAL_VARIANTS.items():
+    register(_name, kind="project", description=_description)(functools.partial(_lossval, **_options))
 
 
 #: NDDV epochs in the benchmark: its values average each row's first ``window=10`` epochs and
