@@ -20,6 +20,19 @@ def bounding_diameter(*clouds: Tensor) -> float:
     return float((pts.max(0).values - pts.min(0).values).norm())
 
 
+def fixed_target(target: Tensor, target_weights: Tensor) -> tuple[Tensor, Tensor]:
+    """The target cloud ``(y, b)`` of an OT term as detached contiguous fp32, its shape checked.
+
+    Example:
+        >>> y, b = fixed_target(torch.zeros(3, 2, dtype=torch.float64), torch.ones(3))
+        >>> y.dtype, b.shape
+        (torch.float32, torch.Size([3]))
+    """
+    if target.ndim != 2 or target.shape[0] == 0:
+        raise ValueError(f"the target cloud must have shape (J, d) with J >= 1; got {tuple(target.shape)}.")
+    return target.detach().float().contiguous(), target_weights.detach().float().contiguous()
+
+
 class CachedSinkhornDivergence:
     """Debiased Sinkhorn divergence ``S((a, x), (b, y))`` for a fixed weighted target ``(b, y)``.
 
@@ -50,12 +63,7 @@ class CachedSinkhornDivergence:
         scaling: float = 0.5,
         backend: str = "tensorized",
     ) -> None:
-        if target.ndim != 2 or target.shape[0] == 0:
-            raise ValueError(
-                f"the target cloud must have shape (J, d) with J >= 1; got {tuple(target.shape)}."
-            )
-        self.y = target.detach().float().contiguous()
-        self.b = target_weights.detach().float().contiguous()
+        self.y, self.b = fixed_target(target, target_weights)
         self.loss = SamplesLoss(
             "sinkhorn",
             p=p,

@@ -51,6 +51,8 @@ import math
 import torch
 from torch import Tensor
 
+from lightning_dv.methods.lossval.ot import fixed_target
+
 #: geomloss's log-mass for points of zero or negative weight.
 ZERO_MASS_LOG = -100000.0
 
@@ -249,10 +251,7 @@ class SinkhornDivergence:
         exact_self_max: int = 2048,
         solve_scaling: float | None = None,
     ) -> None:
-        if target.ndim != 2 or target.shape[0] == 0:
-            raise ValueError(
-                f"the target cloud must have shape (J, d) with J >= 1; got {tuple(target.shape)}."
-            )
+        self.y, self.b = fixed_target(target, target_weights)
         if p not in (1, 2):
             raise ValueError(f"`p` must be 1 or 2 (geomloss's point-cloud costs); got {p}.")
         check_schedule(diameter=diameter, blur=blur, scaling=scaling, solve_scaling=solve_scaling)
@@ -264,12 +263,10 @@ class SinkhornDivergence:
             if solve_scaling is None
             else epsilon_schedule(p, float(diameter), float(blur), float(solve_scaling))
         )
-        self.y = target.detach().float().contiguous()
-        self.b = target_weights.detach().float().contiguous()
         self.b64, self.y_half = self.b.double(), (self.y * self.y).sum(1).mul_(0.5)
         self.log_beta, log_mb = _normalised(log_weights(self.b))
         self.log_mb = float(log_mb)
-        self.mass_b = float(self.b.double().sum())
+        self.mass_b = float(self.b64.sum())
         (cs_a, cs_b), (ct_a, ct_b) = offset_coefficients(self.eps_list)
         # per step: s = cs_a log m_a + cs_b log m_b (+ the constant of the fixed validation mass)
         self._s = (cs_a, cs_b * self.log_mb)
@@ -284,7 +281,7 @@ class SinkhornDivergence:
                 g = annealed_self_potential(
                     self.solve_eps, ground_cost(self.y, self.y, self.p), self.log_beta
                 )
-            normalised = 2 * float((self.b.double() * g.double()).sum())
+            normalised = 2 * float((self.b64 * g.double()).sum())
         else:  # identity plan: eps * H(beta), each point transported onto itself
             beta = self.log_beta.double().exp()
             entropy = -float((beta * self.log_beta.double()).sum())
