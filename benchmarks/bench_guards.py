@@ -20,19 +20,13 @@ def fit_seconds(check: bool | None, loader) -> float:
 
     from lightning_dv import NDDV, DataValuation
     from lightning_dv.modules import MLPClassifier
+    from lightning_dv.progress import quiet_trainer_settings
 
     L.seed_everything(0, verbose=False)
     callbacks = [] if check is None else [DataValuation(NDDV(), check_inputs=check)]
     model = MLPClassifier(10, 2, valuate=check is not None)
     trainer = L.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        max_epochs=1,
-        limit_train_batches=STEPS,
-        callbacks=callbacks,
+        callbacks=callbacks, **quiet_trainer_settings(max_epochs=1, limit_train_batches=STEPS)
     )
     start = time.perf_counter()
     trainer.fit(model, loader)

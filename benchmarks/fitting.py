@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_dv.data import IndexedDataset
 from lightning_dv.mixin import DataValuationMixin
+from lightning_dv.progress import quiet_trainer_settings
 
 
 def indexed_loader(
@@ -25,18 +26,7 @@ def indexed_loader(
 
 def quiet_trainer(max_epochs: int, callbacks: list | None = None, **kwargs) -> L.Trainer:
     """A CPU trainer with no logger, checkpoints, progress bar or model summary (benchmarks time the fit)."""
-    return L.Trainer(
-        max_epochs=max_epochs,
-        callbacks=callbacks or [],
-        accelerator=kwargs.pop("accelerator", "cpu"),
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        **kwargs,
-    )
+    return L.Trainer(callbacks=callbacks or [], **quiet_trainer_settings(max_epochs=max_epochs, **kwargs))
 
 
 class SmallCNN(DataValuationMixin, L.LightningModule):

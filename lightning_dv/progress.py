@@ -95,3 +95,23 @@ def quiet_lightning(*messages: str, level: int = logging.WARNING) -> Iterator[No
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
+
+
+def quiet_trainer_settings(**overrides) -> dict:
+    """``Trainer`` arguments for a fit run on the user's behalf (``valuate``, the benchmarks): one
+    CPU device, no logger, checkpoints, model summary, progress bar or sanity check; ``overrides`` win.
+
+    Example:
+        >>> quiet_trainer_settings(max_epochs=3, enable_progress_bar=True)["enable_progress_bar"]
+        True
+    """
+    return {
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_model_summary": False,
+        "enable_progress_bar": False,
+        "num_sanity_val_steps": 0,
+        **overrides,
+    }

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lightning_dv.progress import quiet_lightning
+from lightning_dv.progress import quiet_lightning, quiet_trainer_settings
 from lightning_dv.values import DataValues
 
 #: Methods ``valuate`` runs, with their default number of epochs (None: training-free).
@@ -347,17 +347,7 @@ def _train(
             "none needed" if kwargs.get("weighting", "softplus") != "meta" else "given (meta set)"
         )
     valuation = DataValuation(objective)
-    settings = dict(
-        max_epochs=epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=progress,
-        num_sanity_val_steps=0,
-    )
-    settings.update(trainer_kwargs)
+    settings = {**quiet_trainer_settings(max_epochs=epochs, enable_progress_bar=progress), **trainer_kwargs}
     trainer = L.Trainer(callbacks=[valuation], **settings)
     model = MLPClassifier(x.shape[1], num_classes, hidden=hidden, lr=lr)
     xt, yt = torch.from_numpy(x), torch.from_numpy(codes.astype(np.int64))
