@@ -1,0 +1,99 @@
+"""The annealed Sinkhorn loop of small CPU problems on the host: numpy float64, kernel (exp) domain.
+
+Same iteration as :func:`~lightning_dv.methods.lossval.sinkhorn.annealed_potentials` (geomloss's
+symmetric epsilon-annealing on the normalised problems ``OT(alpha, beta)`` and ``OT(alpha,
+alpha)``), written with the kernel stabilised by the current potentials (Schmitzer, "Stabilized
+Sparse Scaling Algorithms for Entropy Regularized Transport Problems", SIAM J. Sci. Comput. 2019):
+
+    K_ik = exp((f_i + g_k - C_ik) / eps)        (g = [g_xy | f_aa] over the columns [C_xy | C_xx])
+    softmin_eps(C, log beta + g / eps)_i = f_i - eps log sum_j beta_j K_ij
+    softmin_eps(C^T, log alpha + f / eps)_k = g_k - eps log sum_i alpha_i K_ik
+
+so one ``exp`` of the ``B x (J + B)`` matrix and two matrix-vector products give both sides of an
+epsilon step (the log domain needs two max-shifted log-sum-exps, four passes each), and every
+update is ``x <- x - w eps log(sums)`` with ``w = 1/2`` for the symmetric steps and ``w = 1`` at the
+first and the final extrapolation. Mathematically identical; only the rounding differs (float64
+here against float32 there).
+
+Why the host: at LossVal's sizes (``B = 32``, ``J = 100``: 4k entries) torch's CPU per-op dispatch
+(~5 us) is the cost, not arithmetic; numpy's is ~1 us and the loop needs ~10 ops per epsilon.
+Why float64: between epsilons the exponents reach ~+30 and the row sums ~``e^-200`` (measured on
+Gaussian, digits and image features), outside float32's range, inside float64's. Exponents are
+clamped at ``-700`` (``exp`` of deeply negative inputs takes a slow path, and ``e^-700`` is below
+float64 resolution of any sum that passes the guard). The guard: if any log-sum leaves
+``(-600, 700)`` the result is ``None`` and the caller runs the log-domain loop instead.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Exponents below this are clamped before ``exp`` (slow path; negligible terms).
+EXP_FLOOR = -700.0
+#: Log-sums outside this range make the kernel result untrusted (the caller falls back).
+LOG_SUM_RANGE = (EXP_FLOOR + 100.0, 700.0)
+#: Largest ``B * (J + B)`` solved on the host; above it the torch loop is faster (docs/lossval_speed.md).
+HOST_MAX_ENTRIES = 1 << 17
+
+
+def kernel_potentials(
+    eps_list: list[float], cost: np.ndarray, alpha: np.ndarray, beta: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(f_hat, g_hat, f_hat_aa)`` of the annealed symmetric Sinkhorn loop, or ``None`` if the
+    kernel left float64's safe range (then use the log-domain loop).
+
+    ``cost`` is ``[C_xy | C_xx]`` (float64, ``(B, J + B)``, overwritten-free: a work buffer is
+    allocated), ``alpha`` and ``beta`` the normalised masses (float64, zero for no mass).
+
+    Example:
+        >>> c = np.array([[0.0, 1.0, 0.0, 2.0], [1.0, 0.0, 2.0, 0.0]])  # B = 2, J = 2
+        >>> f, g, f_aa = kernel_potentials([4.0, 4.0, 1.0], c, np.full(2, 0.5), np.full(2, 0.5))
+        >>> f.shape, g.shape, f_aa.shape
+        ((2,), (2,), (2,))
+    """
+    b, jb = cost.shape
+    j = jb - b
+    work = np.empty_like(cost)
+    # a row of zero mass contributes nothing to the column sums, but its own diagonal entry in the
+    # C_xx block, (2 f_aa_i - 0) / eps, is unbounded: push that block's row below the floor
+    dead = np.where(alpha > 0, 0.0, -1e300)
+    # work = rows @ cols builds f_i + g_k over [C_xy | C_xx] in one product (C subtracted after):
+    # rows = [f, f_aa, 1] per batch point, cols = [block 1; block 2; g over all columns]
+    rows = np.zeros((b, 3))
+    rows[:, 1], rows[:, 2] = dead, 1.0
+    cols = np.zeros((3, jb))
+    cols[0, :j], cols[1, j:] = 1.0, 1.0
+    steps = [(eps_list[0], 1.0)] + [(eps, 0.5) for eps in eps_list] + [(eps_list[-1], 1.0)]
+    logs = np.empty((len(steps), b + jb))
+    for n, (eps, w) in enumerate(steps):
+        np.matmul(rows, cols, out=work)
+        np.subtract(work, cost, out=work)
+        np.multiply(work, 1.0 / eps, out=work)
+        np.maximum(work, EXP_FLOOR, out=work)
+        np.exp(work, out=work)
+        sums = logs[n]
+        np.matmul(work[:, :j], beta, out=sums[:b])
+        np.matmul(alpha, work, out=sums[b:])
+        np.log(sums, out=sums)
+        rows[:, 0] -= (w * eps) * sums[:b]
+        cols[2] -= (w * eps) * sums[b:]
+        np.add(cols[2, j:], dead, out=rows[:, 1])
+    if not (logs.min() > LOG_SUM_RANGE[0] and logs.max() < LOG_SUM_RANGE[1]):  # NaN fails too
+        return None
+    return rows[:, 0].copy(), cols[2, :j].copy(), cols[2, j:].copy()
+
+
+def normalised_masses(a: np.ndarray, zero_mass_log: float) -> tuple[np.ndarray, float]:
+    """``(alpha, log m_a)`` of raw masses ``a`` with geomloss's convention (rows of weight <= 0
+    carry log-mass ``zero_mass_log``), in float64.
+
+    Example:
+        >>> alpha, log_m = normalised_masses(np.array([1.0, 3.0, -1.0]), -100000.0)
+        >>> alpha.tolist(), round(log_m, 6)
+        ([0.25, 0.75, 0.0], 1.386294)
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_a = np.where(a > 0, np.log(np.where(a > 0, a, 1.0)), zero_mass_log)
+    top = log_a.max()
+    log_m = float(top + np.log(np.exp(log_a - top).sum()))
+    return np.exp(log_a - log_m), log_m
