@@ -26,17 +26,20 @@ import torch
 
 from benchmarks.overhead import synthetic_data
 
-SOLVERS = ("fast", "exact")
+SOLVERS = ("fast", "fast-torch", "exact")
 
 
 def make_divergence(solver: str, y: torch.Tensor, diameter: float):
-    """The LossVal OT object of ``solver`` (``fast``, ``exact``, or ``fast@S``: the fast solver
-    annealing at scaling ``S``) for validation features ``y`` (raw unit masses)."""
+    """The LossVal OT object of ``solver`` (``fast``, ``exact``, ``fast-torch``: the fast solver with
+    its torch loop on every size (no host path), or ``fast@S``: the fast solver annealing at scaling
+    ``S``) for validation features ``y`` (raw unit masses)."""
     from lightning_dv.methods.lossval.ot import CachedSinkhornDivergence
     from lightning_dv.methods.lossval.sinkhorn import SinkhornDivergence
 
     if solver.startswith("fast@"):
         return SinkhornDivergence(y, torch.ones(y.shape[0]), diameter, solve_scaling=float(solver[5:]))
+    if solver == "fast-torch":
+        return SinkhornDivergence(y, torch.ones(y.shape[0]), diameter, host_max_entries=0)
     cls = SinkhornDivergence if solver == "fast" else CachedSinkhornDivergence
     return cls(y, torch.ones(y.shape[0]), diameter)
 

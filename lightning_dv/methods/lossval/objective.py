@@ -34,6 +34,7 @@ softmax + ``-log(p + 1e-8)`` 0.87 on the same splits; see docs/model_safety.md).
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -293,6 +294,8 @@ class LossVal(ValuationObjective):
         return torch.full((j,), 1.0 / j if self.mass == "uniform" else 1.0, device=device)
 
     def _ensure_divergence(self, state: LossValState, batch_features: Tensor) -> None:
+        if self._divergence is not None:  # built once per fit, after the diameter
+            return
         if not self._diameter_known(state):
             d = self.fixed_diameter
             if d is None:
@@ -301,7 +304,7 @@ class LossVal(ValuationObjective):
                 local = torch.tensor(1.1 * bounding_diameter(self._val_features, batch_features))
                 d = float(all_reduce_max(local.to(batch_features.device)))
             state.diameter.fill_(max(d, 1e-6))
-        if self.validation_subsample is None and self._divergence is None:
+        if self.validation_subsample is None:
             y = self._val_features
             self._divergence = self._solver(y, self._val_weights(y.shape[0], y.device), float(state.diameter))
 
@@ -322,7 +325,8 @@ class LossVal(ValuationObjective):
         a = weights / weights.sum() if self.mass == "uniform" else weights
         device_type = batch_features.device.type
         # The OT term runs in fp32 even under AMP: D**2 ~ 1e7 overflows fp16.
-        with torch.autocast(device_type=device_type, enabled=False):
+        amp = torch.is_autocast_enabled(device_type)
+        with torch.autocast(device_type=device_type, enabled=False) if amp else contextlib.nullcontext():
             if self.validation_subsample is None:
                 return self._divergence(a.float(), batch_features.float())
             y = self._val_features

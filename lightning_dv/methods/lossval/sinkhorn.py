@@ -335,7 +335,9 @@ class SinkhornDivergence:
         """Value and mass gradient on the host (float64), or ``None`` to use the torch loop."""
         a = a32.numpy().astype(np.float64)
         alpha, log_ma = normalised_masses(a, ZERO_MASS_LOG)
-        potentials = kernel_potentials(self.solve_eps, self._host_cost(x32), alpha, self._beta_host)
+        potentials = kernel_potentials(
+            self.solve_eps, self._host_cost(x32), alpha, self._beta_host, ZERO_MASS_LOG - log_ma
+        )
         if potentials is None:
             return None
         f, g, f_aa = potentials
