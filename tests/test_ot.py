@@ -8,8 +8,15 @@ import pytest
 import torch
 from geomloss import SamplesLoss
 
+from lightning_dv.methods.lossval.host import _kernel_loop, kernel_potentials, normalised_masses
 from lightning_dv.methods.lossval.ot import CachedSinkhornDivergence
-from lightning_dv.methods.lossval.sinkhorn import SinkhornDivergence, epsilon_schedule
+from lightning_dv.methods.lossval.sinkhorn import (
+    ZERO_MASS_LOG,
+    SinkhornDivergence,
+    annealed_potentials,
+    epsilon_schedule,
+    log_weights,
+)
 
 
 @pytest.mark.parametrize("uniform", [False, True])
@@ -57,12 +64,14 @@ def _geomloss_debiased(a, x, b, y, diameter, p=2):
     return SamplesLoss("sinkhorn", p=p, blur=0.05, scaling=0.5, debias=True, diameter=diameter)(a, x, b, y)
 
 
+@pytest.mark.parametrize("host", [True, False])
 @pytest.mark.parametrize("p", [1, 2])
 @pytest.mark.parametrize("uniform", [False, True])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_fast_solver_matches_geomloss_value_and_mass_gradient(seed, uniform, p):
+def test_fast_solver_matches_geomloss_value_and_mass_gradient(seed, uniform, p, host):
     """Same value to 1e-5 relative and the same gradient in the masses to 1e-5 of its scale,
-    with a negative weight in the batch (geomloss: no mass) and unequal raw masses."""
+    with a negative weight in the batch (geomloss: no mass) and unequal raw masses; both loops
+    (the host's numpy kernel and the torch log-domain loop)."""
     g = torch.Generator().manual_seed(seed)
     x, y = torch.randn(32, 16, generator=g), torch.randn(100, 16, generator=g) + 0.3
     a0 = torch.rand(32, generator=g) + 0.5
@@ -75,7 +84,10 @@ def test_fast_solver_matches_geomloss_value_and_mass_gradient(seed, uniform, p):
     ref = _geomloss_debiased(a_ref, x, b, y, diameter, p)
     (g_ref,) = torch.autograd.grad(ref, a_ref)
     a = a0.clone().requires_grad_(True)
-    ours = SinkhornDivergence(y, b, diameter, p=p)(a, x)
+    div = SinkhornDivergence(y, b, diameter, p=p, host_max_entries=None if host else 0)
+    if host:  # the host loop takes this batch (no fallback to the torch loop)
+        assert div._host_solve(a0, x) is not None
+    ours = div(a, x)
     (g_ours,) = torch.autograd.grad(ours, a)
     assert float(ours) == pytest.approx(float(ref), rel=1e-5, abs=1e-5)
     torch.testing.assert_close(g_ours, g_ref, rtol=1e-5, atol=1e-5 * float(g_ref.abs().max()))
@@ -195,3 +207,76 @@ def test_schedule_arguments_are_validated():
         SinkhornDivergence(y, torch.ones(10), diameter=5.0, blur=0.0)
     with pytest.raises(ValueError, match="`diameter` must be > 0"):
         SinkhornDivergence(y, torch.ones(10), diameter=-1.0)
+
+
+# -- the host loop (numpy float64, kernel domain) on its hard cases --------------------------------
+@pytest.mark.parametrize("blur", [0.05, 0.01, 0.001])
+@pytest.mark.parametrize("masses", ["positive", "some zero", "all negative"])
+def test_host_loop_matches_float64_geomloss_on_wide_scales_and_small_blur(blur, masses):
+    """Features of scale 10 and small ``blur``: the unchecked kernel under/overflows, the checked
+    rerun recomputes those steps in the log domain; rows of no mass get geomloss's -1e5 log-mass
+    (not zero: it leaks at small eps). Against geomloss in float64: 1e-5 relative (the float32
+    cost matrix's rounding, amplified by 1 / eps = 1e6 at blur 0.001)."""
+    g = torch.Generator().manual_seed(7)
+    x, y = 10 * torch.randn(16, 8, generator=g), 10 * torch.randn(40, 8, generator=g)
+    a0 = torch.rand(16, generator=g) + 0.5
+    if masses == "some zero":
+        a0[3], a0[7] = -1.0, 0.0
+    elif masses == "all negative":
+        a0 = -a0
+    diameter = 1.1 * float(torch.cdist(x, y).max())
+    div = SinkhornDivergence(y, torch.ones(40), diameter, blur=blur)
+    alpha, log_ma = normalised_masses(a0.double().numpy(), ZERO_MASS_LOG)
+    args = (div.solve_eps, div._host_cost(x), alpha, div._beta_host, ZERO_MASS_LOG - log_ma)
+    if masses != "all negative":  # (all negative: uniform masses, the kernel never leaves its range)
+        with np.errstate(all="ignore"):
+            assert _kernel_loop(*args, checked=False) is None  # this case needs the checked rerun
+    assert kernel_potentials(*args) is not None
+    value, grad = div._host_solve(a0, x)
+    a_ref = a0.double().clone().requires_grad_(True)
+    loss = SamplesLoss("sinkhorn", p=2, blur=blur, scaling=0.5, debias=True, diameter=diameter)
+    ref = loss(a_ref, x.double(), torch.ones(40, dtype=torch.float64), y.double())
+    (g_ref,) = torch.autograd.grad(ref, a_ref)
+    assert float(value) == pytest.approx(float(ref), rel=1e-5)
+    torch.testing.assert_close(grad, g_ref, rtol=1e-5, atol=1e-5 * float(g_ref.abs().max()))
+
+
+@pytest.mark.parametrize(("scale", "blur"), [(1.0, 0.05), (10.0, 0.001)])
+def test_host_potentials_equal_the_torch_loop_in_float64(scale, blur):
+    """The kernel-domain loop is the same iteration as the log-domain one: on the same float64
+    cost, the potentials agree to 1e-9, rows of no mass included (also where the unchecked kernel
+    overflows and where geomloss's -1e5 log-mass leaks)."""
+    g = torch.Generator().manual_seed(7)
+    x, y = scale * torch.randn(16, 8, generator=g), scale * torch.randn(40, 8, generator=g)
+    a = torch.rand(16, generator=g) + 0.2
+    a[3], a[7] = -1.0, 0.0
+    div = SinkhornDivergence(y, torch.ones(40), 1.1 * float(torch.cdist(x, y).max()), blur=blur)
+    cost = div._host_cost(x)
+    alpha, log_ma = normalised_masses(a.double().numpy(), ZERO_MASS_LOG)
+    ours = kernel_potentials(div.solve_eps, cost, alpha, div._beta_host, ZERO_MASS_LOG - log_ma)
+    log_alpha = log_weights(a.double()) - torch.logsumexp(log_weights(a.double()), 0)
+    ref = annealed_potentials(div.solve_eps, torch.from_numpy(cost), log_alpha, div.log_beta.double())
+    for mine, theirs in zip(ours, ref):
+        np.testing.assert_allclose(mine, theirs.numpy(), rtol=1e-9, atol=1e-9)
+
+
+def test_wide_inputs_and_the_size_switch_give_the_same_divergence():
+    """CNN-like batch (128 x 3072 features) on the host against the torch loop, and a problem
+    above ``host_max_entries`` (torch loop) against the host forced on it."""
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.rand(128, 3072, generator=g), torch.rand(100, 3072, generator=g)
+    diameter = 1.1 * float(torch.cdist(x, y).max())
+    a0 = torch.rand(128, generator=g) + 0.5
+    results = []
+    for host_max in (None, 0):
+        a = a0.clone().requires_grad_(True)
+        d = SinkhornDivergence(y, torch.ones(100), diameter, host_max_entries=host_max)(a, x)
+        results.append((float(d), torch.autograd.grad(d, a)[0]))
+    (v_host, g_host), (v_torch, g_torch) = results
+    assert v_host == pytest.approx(v_torch, rel=1e-5)
+    torch.testing.assert_close(g_host, g_torch, rtol=1e-5, atol=1e-5 * float(g_torch.abs().max()))
+    small = SinkhornDivergence(y[:20, :8], torch.ones(20), 5.0, host_max_entries=1)
+    assert small.host_max_entries == 1  # 128 * 148 > 1: the torch loop
+    forced = SinkhornDivergence(y[:20, :8], torch.ones(20), 5.0, host_max_entries=10**9)
+    xs = x[:, :8]
+    assert float(small(a0, xs)) == pytest.approx(float(forced(a0, xs)), rel=1e-5)

@@ -63,7 +63,8 @@ def kernel_potentials(
         ((2,), (2,), (2,))
     """
     args = (eps_list, cost, alpha, beta, zero_log_mass)
-    return _kernel_loop(*args, checked=False) or _kernel_loop(*args, checked=True)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # detected, then redone
+        return _kernel_loop(*args, checked=False) or _kernel_loop(*args, checked=True)
 
 
 def _kernel_loop(
@@ -103,8 +104,8 @@ def _kernel_loop(
         if checked and not (sums.min() > lo and sums.max() < hi):
             _stable_log_sums(work, alpha, beta, out=sums)
         if dead_rows.size:
-            f_aa = cols[2, j:]
-            _add_zero_mass_leak(sums[b + j :], f_aa[dead_rows], f_aa, cost[dead_rows, j:], eps, zero_log_mass)
+            f_dead = np.stack([rows[dead_rows, 0], cols[2, j:][dead_rows]], 1)
+            _add_zero_mass_leak(sums[b:], f_dead, cols[2], cost[dead_rows], j, eps, zero_log_mass)
         rows[:, 0] -= (w * eps) * sums[:b]
         cols[2] -= (w * eps) * sums[b:]
         np.add(cols[2, j:], dead, out=rows[:, 1])
@@ -113,24 +114,32 @@ def _kernel_loop(
 
 
 def _add_zero_mass_leak(
-    self_sums: np.ndarray,
+    col_sums: np.ndarray,
     f_dead: np.ndarray,
-    f_aa: np.ndarray,
+    g: np.ndarray,
     c_dead: np.ndarray,
+    j: int,
     eps: float,
     log_mass: float,
 ) -> None:
-    """Add geomloss's share of the rows of no mass to the log column sums of ``OT(alpha, alpha)``.
+    """Add geomloss's share of the rows of no mass to the log column sums (all ``J + B`` columns).
 
     geomloss gives such rows the log-mass ``-100000``, not ``-inf``: their term
-    ``exp(log_mass + (f_aa_i + f_aa_k - C_ik) / eps)`` is negligible unless the row lies far from
-    every massive point at a small ``eps`` (its own diagonal entry ``2 f_aa_i / eps`` then reaches
-    ``1e5``). The kernel excludes these rows; this adds their exact log-domain share (``D x B``).
+    ``exp(log_mass + (f_i + g_k - C_ik) / eps)`` is negligible unless the exponent nears ``1e5``,
+    which happens at small ``eps`` (right after an epsilon step at ``blur = 0.001``) and on the
+    row's own diagonal in ``C_xx`` (``2 f_aa_i / eps`` for a row far from every massive point).
+    The kernel excludes these rows; this adds their exact log-domain share (``D x (J + B)``).
+    ``f_dead``: the rows' ``[f, f_aa]`` as ``(D, 2)``; ``g``: ``[g | f_aa]``; ``c_dead``: their costs
+    (the first ``j`` columns against the target).
     """
-    z = (f_dead[:, None] + f_aa - c_dead) * (1.0 / eps) + log_mass
+    z = np.subtract(g, c_dead)
+    z[:, :j] += f_dead[:, :1]
+    z[:, j:] += f_dead[:, 1:]
+    z *= 1.0 / eps
+    z += log_mass
     top = z.max(0)
-    leak = np.log(np.exp(z - top).sum(0)) + top
-    np.logaddexp(self_sums, leak, out=self_sums)
+    leak = np.log(np.exp(np.maximum(z - top, -100.0)).sum(0)) + top
+    np.logaddexp(col_sums, leak, out=col_sums)
 
 
 def _stable_log_sums(z: np.ndarray, alpha: np.ndarray, beta: np.ndarray, out: np.ndarray) -> None:

@@ -52,7 +52,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lightning_dv.methods.lossval.host import HOST_MAX_ENTRIES, kernel_potentials, normalised_masses
+from lightning_dv.methods.lossval import host
+from lightning_dv.methods.lossval.host import kernel_potentials, normalised_masses
 from lightning_dv.methods.lossval.ot import fixed_target
 
 #: geomloss's log-mass for points of zero or negative weight.
@@ -235,7 +236,7 @@ class SinkhornDivergence:
             (:mod:`~lightning_dv.methods.lossval.host`: numpy float64, one ``exp`` per epsilon; same
             values to float rounding, 2-4x faster at LossVal's sizes); larger ones, CUDA tensors, and
             the rare batch whose kernel leaves float64's range take the torch log-domain loop.
-            ``0``: always the torch loop.
+            ``0``: always the torch loop; ``None``: :data:`~lightning_dv.methods.lossval.host.HOST_MAX_ENTRIES`.
 
     Example:
         >>> y = torch.randn(50, 3)
@@ -257,7 +258,7 @@ class SinkhornDivergence:
         scaling: float = 0.5,
         exact_self_max: int = 2048,
         solve_scaling: float | None = None,
-        host_max_entries: int = HOST_MAX_ENTRIES,
+        host_max_entries: int | None = None,
     ) -> None:
         self.y, self.b = fixed_target(target, target_weights)
         if p not in (1, 2):
@@ -282,7 +283,7 @@ class SinkhornDivergence:
         self._s_own = cs_a + cs_b
         self.self_term = self._self_term(exact_self_max)
         # host path (CPU, small problems): the target's constants in float64 / transposed once
-        self.host_max_entries = int(host_max_entries)
+        self.host_max_entries = host.HOST_MAX_ENTRIES if host_max_entries is None else int(host_max_entries)
         self._b_host = self.b64.cpu().numpy()
         self._beta_host = self.log_beta.double().exp().cpu().numpy()
         self._y_half_host = self.y_half.double().cpu().numpy()
