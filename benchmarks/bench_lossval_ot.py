@@ -2,20 +2,25 @@
 
 For each validation size J: the one-off set-up (the validation self-term ``OT(b, b)``) and the
 median time of one call plus its backward at batch 32 on 16 Gaussian features (the overhead
-benchmark's MLP workload), both solvers interleaved ``--repeats`` times; ``--ot-scaling`` adds the fast solver annealing
-at a coarser scaling (``fast@0.2``: ``LossVal(ot_scaling=0.2)``). With ``--fit-ratios``, the
-median training-step time of a LossVal fit over a plain fit (MLP, 1,000 rows, batch 32), default
-against each ``--ot-scaling``, interleaved in this process. With ``--profile``, a cProfile of one
-LossVal fit (``--steps`` steps) per solver, top functions by internal time. Run::
+benchmark's MLP workload), the solvers interleaved ``--repeats`` times: ``fast`` (the host loop
+where it applies), ``fast-torch`` (the same solver with its torch loop only: the loop before the
+host path), ``exact`` (geomloss); ``--ot-scaling`` adds the fast solver annealing at a coarser
+scaling (``fast@0.2``: ``LossVal(ot_scaling=0.2)``). With ``--fit-ratios``, the median
+training-step CPU time of a LossVal fit over a plain fit (``--workload mlp``: 1,000 rows, batch 32,
+32 steps; ``cnn``: batch 128, 20 steps), default, torch loop and each ``--ot-scaling``, interleaved
+in this process. With ``--profile``, a cProfile of one LossVal fit (``--steps`` steps) per solver
+and J, top functions by internal time. Run::
 
     OMP_NUM_THREADS=1 python -m benchmarks.bench_lossval_ot --valid 100 1000 10000 --profile
-    OMP_NUM_THREADS=1 python -m benchmarks.bench_lossval_ot --valid 100 1000 --ot-scaling 0.2 --fit-ratios
+    OMP_NUM_THREADS=1 python -m benchmarks.bench_lossval_ot --valid 100 1000 --fit-ratios
+    OMP_NUM_THREADS=1 python -m benchmarks.bench_lossval_ot --workload cnn --valid 100 --fit-ratios
     OMP_NUM_THREADS=1 python -m benchmarks.bench_lossval_ot --valid 100 --signal-share
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import io
 import pstats
@@ -75,43 +80,67 @@ def time_calls(valid: int, repeats: int = 5, calls: int = 20, solvers=SOLVERS) -
     return out
 
 
-def profile_fit(solver: str, valid: int = 100, steps: int = 100, top: int = 15) -> str:
-    """cProfile of one LossVal fit (MLP, batch 32, ``steps`` steps); the top functions by own time."""
+@contextlib.contextmanager
+def solver_loop(solver: str):
+    """``fast-torch``: the fast solver with its torch loop on every size (the host loop off, as
+    before it existed); any other solver name leaves the default."""
+    from lightning_dv.methods.lossval import host
+
+    saved = host.HOST_MAX_ENTRIES
+    host.HOST_MAX_ENTRIES = 0 if solver == "fast-torch" else saved
+    try:
+        yield
+    finally:
+        host.HOST_MAX_ENTRIES = saved
+
+
+def profile_fit(solver: str, valid: int = 100, steps: int = 100, top: int = 15, workload: str = "mlp") -> str:
+    """cProfile of one LossVal fit (MLP, batch 32, or CNN, batch 128; ``steps`` steps); the top
+    functions by own time. ``solver``: ``fast``, ``fast-torch`` or ``exact``."""
     from benchmarks.overhead import time_fit, validation_data, workload_data
     from lightning_dv import LossVal
 
-    x, y = workload_data("mlp", 32 * steps)
-    xv, yv = validation_data("mlp", valid)
-    time_fit(x, y, LossVal(validation=(xv, yv), ot=solver), 1, 5, measure_memory=False)  # warm-up
-    prof = cProfile.Profile()
-    prof.enable()
-    time_fit(x, y, LossVal(validation=(xv, yv), ot=solver), 1, steps, measure_memory=False)
-    prof.disable()
+    x, y = workload_data(workload, (32 if workload == "mlp" else 128) * steps)
+    xv, yv = validation_data(workload, valid)
+    ot = "exact" if solver == "exact" else "fast"
+    kw = {"measure_memory": False, "workload": workload}
+    with solver_loop(solver):
+        time_fit(x, y, LossVal(validation=(xv, yv), ot=ot), 1, 5, **kw)  # warm-up
+        prof = cProfile.Profile()
+        prof.enable()
+        time_fit(x, y, LossVal(validation=(xv, yv), ot=ot), 1, steps, **kw)
+        prof.disable()
     buf = io.StringIO()
     pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(top)
     return buf.getvalue()
 
 
-def fit_ratios(valid: int, ot_scalings=(), repeats: int = 3, steps: int = 32) -> dict[str, float]:
-    """Median step time of a LossVal fit over a plain fit's, default and each ``ot_scaling``,
-    interleaved ``repeats`` times (median of the per-repeat ratios).
+def fit_ratios(
+    valid: int, ot_scalings=(), repeats: int = 3, steps: int = 32, workload: str = "mlp"
+) -> dict[str, float]:
+    """Median step time (this thread's CPU time) of a LossVal fit over a plain fit's: the default
+    (host loop where it applies), ``torch loop`` (the host loop off) and each ``ot_scaling``,
+    interleaved ``repeats`` times in this process (median of the per-repeat ratios).
 
     Example:
         >>> sorted(fit_ratios(20, (0.2,), repeats=1, steps=6))
-        ['lossval', 'lossval(ot_scaling=0.2)']
+        ['lossval', 'lossval(ot_scaling=0.2)', 'lossval(torch loop)']
     """
     from benchmarks.overhead import time_fit, validation_data, workload_data
     from lightning_dv import LossVal
 
-    x, y = workload_data("mlp", 1000)
-    xv, yv = validation_data("mlp", valid)
-    variants = {"lossval": {}} | {f"lossval(ot_scaling={s})": {"ot_scaling": s} for s in ot_scalings}
+    x, y = workload_data(workload, (32 if workload == "mlp" else 128) * steps)
+    xv, yv = validation_data(workload, valid)
+    variants = {"lossval": ("fast", {}), "lossval(torch loop)": ("fast-torch", {})}
+    variants |= {f"lossval(ot_scaling={s})": ("fast", {"ot_scaling": s}) for s in ot_scalings}
     ratios: dict[str, list[float]] = {name: [] for name in variants}
-    time_fit(x, y, None, 1, 5, measure_memory=False)  # warm-up
+    kw = {"measure_memory": False, "workload": workload, "clock": "cpu"}
+    time_fit(x, y, None, 1, 5, **kw)  # warm-up
     for _ in range(repeats):
-        plain = time_fit(x, y, None, 1, steps, measure_memory=False)[2]
-        for name, options in variants.items():
-            step = time_fit(x, y, LossVal(validation=(xv, yv), **options), 1, steps, measure_memory=False)[2]
+        plain = time_fit(x, y, None, 1, steps, **kw)[2]
+        for name, (solver, options) in variants.items():
+            with solver_loop(solver):
+                step = time_fit(x, y, LossVal(validation=(xv, yv), **options), 1, steps, **kw)[2]
             ratios[name].append(step / plain)
     return {name: statistics.median(r) for name, r in ratios.items()}
 
@@ -177,9 +206,12 @@ def main() -> None:
         "--exact-max", type=int, default=1000, help="largest J timed with geomloss (its J x J)"
     )
     parser.add_argument(
-        "--profile", action="store_true", help="also cProfile one LossVal fit per solver (J=100)"
+        "--profile", action="store_true", help="also cProfile one LossVal fit per solver and J"
     )
     parser.add_argument("--steps", type=int, default=100, help="steps of the profiled fits")
+    parser.add_argument(
+        "--workload", choices=("mlp", "cnn"), default="mlp", help="model of --fit-ratios and --profile"
+    )
     parser.add_argument(
         "--ot-scaling", nargs="*", type=float, default=[], help="also the fast solver at these scalings"
     )
@@ -200,19 +232,21 @@ def main() -> None:
             print(f"| {mass} | {share:.4f} | {corr:.5f} |")
     coarse = tuple(f"fast@{s}" for s in args.ot_scaling)
     print("| J | solver | set-up (s) | one call + backward (ms) |\n|---|---|---|---|")
-    for j in args.valid:
-        solvers = (SOLVERS if j <= args.exact_max else ("fast",)) + coarse
+    for j in args.valid if args.workload == "mlp" else ():
+        solvers = (SOLVERS if j <= args.exact_max else ("fast", "fast-torch")) + coarse
         for name, s in time_calls(j, args.repeats, solvers=solvers).items():
             print(f"| {j:,} | {name} | {s['setup_s']:.3f} | {s['call_ms']:.2f} |")
     if args.fit_ratios:
-        print("\n| J | objective | step ratio over a plain fit |\n|---|---|---|")
+        print(f"\n| J | objective | step ratio over a plain fit ({args.workload}) |\n|---|---|---|")
         for j in args.valid:
-            for name, ratio in fit_ratios(j, args.ot_scaling, args.repeats).items():
+            steps = 32 if args.workload == "mlp" else 20
+            for name, ratio in fit_ratios(j, args.ot_scaling, args.repeats, steps, args.workload).items():
                 print(f"| {j:,} | {name} | {ratio:.2f}x |")
     if args.profile:
-        for name in SOLVERS:
-            print(f"\n### cProfile, LossVal(ot={name!r}), J=100, {args.steps} steps\n")
-            print(profile_fit(name, steps=args.steps))
+        for j in args.valid:
+            for name in ("fast", "fast-torch") + (("exact",) if j <= args.exact_max else ()):
+                print(f"\n### cProfile, {args.workload}, LossVal({name}), J={j}, {args.steps} steps\n")
+                print(profile_fit(name, j, args.steps, workload=args.workload))
 
 
 if __name__ == "__main__":

@@ -82,17 +82,21 @@ def _kernel_loop(
     # C_xx block, (2 f_aa_i - 0) / eps, is unbounded: push that block's row below the floor
     dead = np.where(alpha > 0, 0.0, -1e300)
     dead_rows = np.flatnonzero(alpha <= 0)
-    # work = rows @ cols builds f_i + g_k over [C_xy | C_xx] in one product (C subtracted after):
-    # rows = [f, f_aa, 1] per batch point, cols = [block 1; block 2; g over all columns]
-    rows = np.zeros((b, 3))
-    rows[:, 1], rows[:, 2] = dead, 1.0
-    cols = np.zeros((3, jb))
-    cols[0, :j], cols[1, j:] = 1.0, 1.0
+    # work = rows.T @ cols builds f_i + g_k over [C_xy | C_xx] in one product (C subtracted
+    # after): rows = [1; f_aa; f] (3, B), cols = [g over all columns; block 2; block 1] (3, J + B).
+    # Both live in one buffer so that [f | g] is one contiguous vector, updated in one operation.
+    buf = np.zeros(3 * (b + jb))
+    rows, cols = buf[: 3 * b].reshape(3, b), buf[3 * b :].reshape(3, jb)
+    potentials = buf[2 * b : 3 * b + jb]  # [f | g | f_aa], aligned with [row sums | column sums]
+    rows[0], rows[1] = 1.0, dead
+    cols[1, j:], cols[2, :j] = 1.0, 1.0
+    f_aa = cols[0, j:]
     steps = [(eps_list[0], 1.0)] + [(eps, 0.5) for eps in eps_list] + [(eps_list[-1], 1.0)]
     logs = np.empty((len(steps), b + jb))
+    step = np.empty(b + jb)
     lo, hi = LOG_SUM_RANGE
     for n, (eps, w) in enumerate(steps):
-        np.matmul(rows, cols, out=work)
+        np.matmul(rows.T, cols, out=work)
         np.subtract(work, cost, out=work)
         np.multiply(work, 1.0 / eps, out=work)
         np.maximum(work, EXP_FLOOR, out=kernel)
@@ -104,13 +108,13 @@ def _kernel_loop(
         if checked and not (sums.min() > lo and sums.max() < hi):
             _stable_log_sums(work, alpha, beta, out=sums)
         if dead_rows.size:
-            f_dead = np.stack([rows[dead_rows, 0], cols[2, j:][dead_rows]], 1)
-            _add_zero_mass_leak(sums[b:], f_dead, cols[2], cost[dead_rows], j, eps, zero_log_mass)
-        rows[:, 0] -= (w * eps) * sums[:b]
-        cols[2] -= (w * eps) * sums[b:]
-        np.add(cols[2, j:], dead, out=rows[:, 1])
+            f_dead = np.stack([rows[2, dead_rows], f_aa[dead_rows]], 1)
+            _add_zero_mass_leak(sums[b:], f_dead, cols[0], cost[dead_rows], j, eps, zero_log_mass)
+        np.multiply(sums, w * eps, out=step)
+        np.subtract(potentials, step, out=potentials)
+        np.add(f_aa, dead, out=rows[1])
     ok = np.isfinite(logs).all() if checked else logs.min() > lo and logs.max() < hi  # NaN fails
-    return (rows[:, 0].copy(), cols[2, :j].copy(), cols[2, j:].copy()) if ok else None
+    return (rows[2].copy(), cols[0, :j].copy(), f_aa.copy()) if ok else None
 
 
 def _add_zero_mass_leak(
