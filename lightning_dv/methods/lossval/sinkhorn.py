@@ -324,12 +324,11 @@ class SinkhornDivergence:
         if self.p != 2:
             return self._cost_cols(x).numpy().astype(np.float64)
         j = self.y.shape[0]
-        xy, xx = torch.mm(x, self._y_t).numpy(), torch.mm(x, x.T).numpy()
-        x_half = np.diagonal(xx) * 0.5
         cost = np.empty((x.shape[0], j + x.shape[0]))
-        np.subtract(self._y_half_host, xy, out=cost[:, :j])
-        np.add(cost[:, :j], x_half[:, None], out=cost[:, :j])
-        np.subtract(x_half[:, None] + x_half, xx, out=cost[:, j:])
+        cost[:, :j], cost[:, j:] = torch.mm(x, self._y_t).numpy(), torch.mm(x, x.T).numpy()
+        x_half = np.diagonal(cost[:, j:]) * 0.5  # float64 from here: C_xx's diagonal is exactly 0
+        np.subtract(np.concatenate([self._y_half_host, x_half]), cost, out=cost)
+        np.add(cost, x_half[:, None], out=cost)
         return cost
 
     def _host_solve(self, a32: Tensor, x32: Tensor) -> tuple[Tensor, Tensor] | None:
