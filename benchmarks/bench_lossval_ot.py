@@ -95,8 +95,9 @@ def solver_loop(solver: str):
 
 
 def profile_fit(solver: str, valid: int = 100, steps: int = 100, top: int = 15, workload: str = "mlp") -> str:
-    """cProfile of one LossVal fit (MLP, batch 32, or CNN, batch 128; ``steps`` steps); the top
-    functions by own time. ``solver``: ``fast``, ``fast-torch`` or ``exact``."""
+    """cProfile of one LossVal fit (MLP, batch 32, or CNN, batch 128; ``steps`` steps): the top
+    functions by own time, then LossVal's own (and geomloss's loop) by cumulative time.
+    ``solver``: ``fast``, ``fast-torch`` or ``exact``."""
     from benchmarks.overhead import time_fit, validation_data, workload_data
     from lightning_dv import LossVal
 
@@ -111,7 +112,10 @@ def profile_fit(solver: str, valid: int = 100, steps: int = 100, top: int = 15, 
         time_fit(x, y, LossVal(validation=(xv, yv), ot=ot), 1, steps, **kw)
         prof.disable()
     buf = io.StringIO()
-    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(top)
+    stats = pstats.Stats(prof, stream=buf)
+    stats.sort_stats("tottime").print_stats(top)
+    print("LossVal's own functions by cumulative time:", file=buf)
+    stats.sort_stats("cumulative").print_stats(r"methods/lossval|geomloss/_legacy", 8)
     return buf.getvalue()
 
 
