@@ -55,7 +55,7 @@ def time_calls(valid: int, repeats: int = 5, calls: int = 20, solvers=SOLVERS) -
     Example:
         >>> res = time_calls(20, repeats=1, calls=2)
         >>> sorted(res), res["fast"]["call_ms"] > 0
-        (['exact', 'fast'], True)
+        (['exact', 'fast', 'fast-torch'], True)
     """
     from lightning_dv.methods.lossval.ot import bounding_diameter
 

@@ -166,7 +166,7 @@ def normalised_masses(a: np.ndarray, zero_mass_log: float) -> tuple[np.ndarray, 
 
     Example:
         >>> alpha, log_m = normalised_masses(np.array([1.0, 3.0, -1.0]), -100000.0)
-        >>> alpha.tolist(), round(log_m, 6)
+        >>> alpha.round(6).tolist(), round(log_m, 6)
         ([0.25, 0.75, 0.0], 1.386294)
     """
     if a.min() > 0:  # the usual case: every row carries mass
