@@ -15,6 +15,7 @@ and J, top functions by internal time. Run::
     OMP_NUM_THREADS=1 python -m benchmarks.bench_lossval_ot --valid 100 1000 --fit-ratios
     OMP_NUM_THREADS=1 python -m benchmarks.bench_lossval_ot --workload cnn --valid 100 --fit-ratios
     OMP_NUM_THREADS=1 python -m benchmarks.bench_lossval_ot --valid 100 --signal-share
+    OMP_NUM_THREADS=1 python -m benchmarks.bench_lossval_ot --valid 100 --detection runs.csv
 """
 
 from __future__ import annotations
@@ -149,6 +150,28 @@ def fit_ratios(
     return {name: statistics.median(r) for name, r in ratios.items()}
 
 
+def detection_host_vs_torch(seeds=(0,), noise_rates=(0.1,), datasets=None):
+    """The protocol's ``lossval`` (30 epochs, defaults) with the host loop and with the torch loop
+    on identical splits: one row per run and loop (F1, AUROC, model accuracy), as a DataFrame."""
+    import pandas as pd
+
+    from benchmarks.protocol import DEFAULT_DATASETS, run_protocol
+
+    frames = []
+    for solver in ("fast", "fast-torch"):
+        with solver_loop(solver):
+            df = run_protocol(
+                ["lossval"],
+                datasets or DEFAULT_DATASETS,
+                noise_rates,
+                seeds=seeds,
+                removal_fractions=(),
+                log=None,
+            )
+        frames.append(df.assign(loop="host" if solver == "fast" else "torch"))
+    return pd.concat(frames, ignore_index=True)
+
+
 def ot_signal_share(batches: int = 30, seed: int = 0) -> dict[str, tuple[float, float]]:
     """How much LossVal's per-row OT term moves its trajectory signal, raw and uniform masses.
 
@@ -227,6 +250,13 @@ def main() -> None:
     parser.add_argument(
         "--signal-share", action="store_true", help="also the OT term's share of LossVal's per-row signal"
     )
+    parser.add_argument(
+        "--detection",
+        type=str,
+        default=None,
+        metavar="CSV",
+        help="also the protocol's lossval with the host and the torch loop (seed 0, 10%% noise); rows to CSV",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.signal_share:
@@ -246,6 +276,16 @@ def main() -> None:
             steps = 32 if args.workload == "mlp" else 20
             for name, ratio in fit_ratios(j, args.ot_scaling, args.repeats, steps, args.workload).items():
                 print(f"| {j:,} | {name} | {ratio:.2f}x |")
+    if args.detection:
+        df = detection_host_vs_torch()
+        df.to_csv(args.detection, index=False)
+        wide = df.pivot_table(index="dataset", columns="loop", values=["f1", "auroc", "model_acc"])
+        print(
+            "\n| dataset | F1 host / torch | AUROC host / torch | model acc. host / torch |\n|---|---|---|---|"
+        )
+        for name, r in wide.iterrows():
+            cells = [f"{r[(m, 'host')]:.4f} / {r[(m, 'torch')]:.4f}" for m in ("f1", "auroc", "model_acc")]
+            print(f"| {name} | " + " | ".join(cells) + " |")
     if args.profile:
         for j in args.valid:
             for name in ("fast", "fast-torch") + (("exact",) if j <= args.exact_max else ()):
