@@ -36,7 +36,7 @@ EXP_FLOOR = -700.0
 #: Log-sums outside this range make the kernel result untrusted (the caller falls back).
 LOG_SUM_RANGE = (EXP_FLOOR + 100.0, 700.0)
 #: Largest ``B * (J + B)`` solved on the host; above it the torch loop is faster (docs/lossval_speed.md).
-HOST_MAX_ENTRIES = 1 << 17
+HOST_MAX_ENTRIES = 1 << 16
 
 
 def kernel_potentials(

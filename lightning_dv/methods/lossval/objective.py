@@ -174,7 +174,8 @@ class LossVal(ValuationObjective):
             (:class:`~lightning_dv.methods.lossval.sinkhorn.SinkhornDivergence`): geomloss's
             annealing schedule without autograd through the loop, the gradient in the weights
             from the dual potentials ``dD/dw_i = f_ab(i) - f_aa(i)``, and the validation
-            self-term ``OT(b, b)`` solved once (exactly up to J = 2048, above from its bounds).
+            self-term ``OT(b, b)`` solved once (exactly up to J = 2048, above from its bounds);
+            small CPU batches run the loop on the host (numpy float64).
             Same values as ``"exact"`` to float rounding (docs/lossval_speed.md).
             ``"exact"``: geomloss's ``SamplesLoss`` itself (the reference; needed for ``backend``).
         backend: geomloss backend for ``ot="exact"`` (``"tensorized"`` on CPU; ``"online"`` needs
