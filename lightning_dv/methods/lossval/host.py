@@ -81,7 +81,8 @@ def _kernel_loop(
     # a row of zero mass contributes nothing to the column sums, but its own diagonal entry in the
     # C_xx block, (2 f_aa_i - 0) / eps, is unbounded: push that block's row below the floor
     dead = np.where(alpha > 0, 0.0, -1e300)
-    dead_rows = np.flatnonzero(alpha <= 0)
+    # (with zero_log_mass = -inf, rows of no mass contribute exactly nothing: no share to add)
+    dead_rows = np.flatnonzero(alpha <= 0) if np.isfinite(zero_log_mass) else np.empty(0, dtype=int)
     # work = rows.T @ cols builds f_i + g_k over [C_xy | C_xx] in one product (C subtracted
     # after): rows = [1; f_aa; f] (3, B), cols = [g over all columns; block 2; block 1] (3, J + B).
     # Both live in one buffer so that [f | g] is one contiguous vector, updated in one operation.
