@@ -105,6 +105,7 @@ def fit_with_objective(
     epochs: int,
     hidden: int = 64,
     model_loss: str | None = None,
+    validate: bool = False,
 ) -> DataValues:
     """Value ``split``'s training rows with a training-time objective through a real Lightning fit.
 
@@ -113,20 +114,25 @@ def fit_with_objective(
     ``DataValuation(model_loss=...)`` callback on the trainer. ``make_objective()`` builds the
     objective (inside the quiet context, so its warnings about the tiny proportional splits stay
     out of the logs). The trained model's test accuracy goes to ``metadata["test_accuracy"]``.
+    ``validate``: the split's (noisy) validation rows are ``fit``'s validation loader, so the
+    model logs ``val_loss`` every epoch (what ``AUM(monitor="val_loss")`` reads).
     """
     import lightning as L
     import torch
 
-    from benchmarks.fitting import indexed_loader, quiet_trainer
+    from benchmarks.fitting import ValidatedMLP, indexed_loader, quiet_trainer
     from lightning_dv.callbacks import DataValuation as callback
     from lightning_dv.modules import MLPClassifier
 
     L.seed_everything(seed, verbose=False)
-    model = MLPClassifier(split.x_train.shape[1], split.num_classes, hidden=hidden)
+    model = (ValidatedMLP if validate else MLPClassifier)(
+        split.x_train.shape[1], split.num_classes, hidden=hidden
+    )
     with quiet_lightning():
         valuation = callback(make_objective(), model_loss=model_loss)
         trainer = quiet_trainer(epochs, callbacks=[valuation])
-        trainer.fit(model, indexed_loader(split.x_train, split.y_train, seed=seed))
+        val = indexed_loader(split.x_valid, split.y_valid, shuffle=False) if validate else None
+        trainer.fit(model, indexed_loader(split.x_train, split.y_train, seed=seed), val)
     values = valuation.values
     model.eval()
     with torch.no_grad():
@@ -288,6 +294,17 @@ def _aum(split: Split, seed: int) -> DataValues:
 def _aum_2means(split: Split, seed: int) -> DataValues:
     aum = project_class("aum")
     return fit_with_objective(split, seed, lambda: aum(gate=None), epochs=10)
+
+
+@register(
+    "aum_val",
+    kind="project",
+    description="AUM as `aum`, window run on from 10 up to 30 epochs while the (noisy) validation loss falls "
+    "(`AUM(monitor='val_loss')`); 30-epoch fit with the validation loader",
+)
+def _aum_val(split: Split, seed: int) -> DataValues:
+    aum = project_class("aum")
+    return fit_with_objective(split, seed, lambda: aum(monitor="val_loss"), epochs=30, validate=True)
 
 
 @register("aum_paper", description="the paper's AUM: raw mean margin over all 30 epochs, MLP(64)")

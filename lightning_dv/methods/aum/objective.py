@@ -5,6 +5,7 @@ Each time row ``i`` is seen, before the optimizer step, its margin is recorded::
 
     M_t(i) = z_{y_i}(x_i) - max_{k != y_i} z_k(x_i)          (logits z, assigned label y_i)
     AUM(i) = (1/T) sum_{t <= T} M_t(i)                        (T = min(epochs, window))
+    T = clip(argbest_{e <= max_window} monitor_e, window, max_window)   (with ``monitor=``)
     value_i = calibrate(AUM)(i)                               (clipped robust score, compact upper half)
     flagged = low 2-means cluster of the values AND AUM(i) < 0      (``gate=0``)
 
@@ -17,7 +18,10 @@ have a long upper tail. The gate keeps rows whose assigned label still wins on a
 out of the flagged cluster: at 10% noise 2-means alone flagged 16.7% of the rows on the selection
 seeds (up to 24%), the gate 14.7%, exactly the noise rate where the model fits the labels (e.g.
 make_classification 20% -> 14%, wine 13% -> 11%); figures in benchmarks/README.md. The objective changes nothing about training: the loss is the plain mean
-of the per-sample loss.
+of the per-sample loss. With ``monitor=`` (a validation metric the user logs, as for
+``EarlyStopping``) the window runs on past ``window`` epochs, up to ``max_window``, for as long as
+that metric still improves: a model that is still learning after 10 epochs (held-out loss falling)
+has not started memorising yet (benchmarks/README.md, section 2c).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from lightning_dv._validation import check_class_labels, check_window
+from lightning_dv._validation import check_choice, check_class_labels, check_window
 from lightning_dv.distributed import RowStatistics
 from lightning_dv.methods.base import ValuationObjective, ValuationState, ValuationStep
 from lightning_dv.methods.calibration import calibrate, check_calibration
@@ -71,11 +75,20 @@ def assigned_margin(outputs: Tensor, targets: Tensor) -> Tensor:
 
 
 class AUMState(ValuationState):
-    """Per-row margin statistics (sum and count of this epoch, total over the first ``window`` epochs)."""
+    """Per-row margin statistics (sum and count of this epoch, total over the first ``window`` epochs).
 
-    def __init__(self, num_rows: int, window: int | None = None) -> None:
+    With a monitored metric it also keeps the mean margin and seen-mask at the window's end so
+    far (``frozen``, ``frozen_seen``) and the best metric value and its epoch (``best``).
+    """
+
+    def __init__(self, num_rows: int, window: int | None = None, monitored: bool = False) -> None:
         super().__init__(num_rows)
         self.margin = RowStatistics(num_rows, window=window)
+        self.monitored = monitored
+        if monitored:
+            self.frozen = nn.Parameter(torch.zeros(num_rows), requires_grad=False)
+            self.frozen_seen = nn.Parameter(torch.zeros(num_rows), requires_grad=False)
+            self.best = nn.Parameter(torch.tensor([float("nan"), 0.0]), requires_grad=False)
 
 
 class AUM(ValuationObjective):
@@ -97,6 +110,12 @@ class AUM(ValuationObjective):
         gate: Rows whose mean margin is at or above it are never in the low (flagged) 2-means
             cluster of the values (default 0: the assigned label wins on average); the flagged
             rows are exported far below the rest (order kept). ``None``: plain 2-means.
+        monitor: Name of a logged metric (e.g. ``"val_loss"``, from the user's
+            ``validation_step``). The value then averages each row's margins up to the epoch
+            where the metric was best, at least ``window`` and at most ``max_window`` epochs.
+            ``None`` (default): exactly ``window`` epochs.
+        mode: ``"min"`` (default: a loss) or ``"max"`` (e.g. an accuracy) for ``monitor``.
+        max_window: Longest window with ``monitor`` (default 30 epochs).
 
     Example:
         >>> from lightning_dv import DataValuation
@@ -116,8 +135,21 @@ class AUM(ValuationObjective):
         fence: float | None = None,
         upper_scale: float = 0.1,
         gate: float | None = 0.0,
+        monitor: str | None = None,
+        mode: str = "min",
+        max_window: int = 30,
     ) -> None:
         check_window(window)
+        check_choice("mode", mode, ("min", "max"))
+        if monitor is not None:
+            if not isinstance(monitor, str) or not monitor:
+                raise ValueError(f"`monitor` must be the name of a logged metric or None; got {monitor!r}.")
+            if window is None:
+                raise ValueError("`monitor=` extends the `window`: give `window` epochs (e.g. 10), not None.")
+            check_window(max_window)
+            if max_window < window:
+                raise ValueError(f"`max_window` ({max_window}) must be at least `window` ({window}).")
+        self.monitor, self.mode, self.max_window = monitor, mode, int(max_window)
         check_calibration(calibration, fence, upper_scale)
         if gate is not None and (isinstance(gate, bool) or not isinstance(gate, (int, float))):
             raise ValueError(f"`gate` must be a margin (a number) or None (plain 2-means); got {gate!r}.")
@@ -126,7 +158,9 @@ class AUM(ValuationObjective):
         self.fence, self.upper_scale = fence, float(upper_scale)
 
     def build(self, num_rows: int) -> AUMState:
-        return AUMState(num_rows, self.window)
+        if self.monitor is None:
+            return AUMState(num_rows, self.window)
+        return AUMState(num_rows, self.max_window, monitored=True)
 
     def loss(self, state: nn.Module, step: ValuationStep) -> Tensor:
         state.margin.update(step.idx, assigned_margin(step.outputs, step.targets))
@@ -136,19 +170,45 @@ class AUM(ValuationObjective):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: nn.Module
     ) -> None:
         state.margin.reduce()
+        if self.monitor is not None and not trainer.sanity_checking:
+            self._follow_monitor(trainer, state)
+
+    def _follow_monitor(self, trainer: pl.Trainer, state: AUMState) -> None:
+        """Freeze the mean margin at this epoch if it is within ``window`` or the metric improved."""
+        epoch = trainer.current_epoch + 1
+        if epoch > self.max_window:
+            return
+        metric = trainer.callback_metrics.get(self.monitor)
+        if metric is None:
+            raise RuntimeError(
+                f"AUM(monitor={self.monitor!r}): no metric {self.monitor!r} was logged by the end of epoch "
+                f"{epoch}; logged: {sorted(trainer.callback_metrics) or 'none'}. Log it in `validation_step` "
+                "(and pass a validation loader to `fit`), or use AUM(monitor=None), the fixed window."
+            )
+        score = float(metric) if self.mode == "min" else -float(metric)
+        best = state.best.detach()  # [best score so far, epoch the window ends at]
+        improved = not score >= float(best[0])  # also True before the first record (NaN)
+        if improved:
+            best[0] = score
+        if epoch <= self.window or improved:
+            best[1] = epoch
+            state.frozen.detach().copy_(state.margin.mean())
+            state.frozen_seen.detach().copy_(state.margin.seen().float())
+
+    def _mean_seen(self, state: nn.Module) -> tuple[Tensor, Tensor]:
+        if self.monitor is not None and float(state.best[1]) > 0:
+            return state.frozen.detach(), state.frozen_seen.detach() > 0
+        return state.margin.mean(), state.margin.seen()
 
     def values(self, state: nn.Module) -> Tensor:
-        return calibrate(
-            state.margin.mean(),
-            self.calibration,
-            self.fence,
-            self.upper_scale,
-            seen=state.margin.seen(),
-            gate=self.gate,
-        )
+        mean, seen = self._mean_seen(state)
+        return calibrate(mean, self.calibration, self.fence, self.upper_scale, seen=seen, gate=self.gate)
 
     def extra_columns(self, state: nn.Module) -> dict[str, Tensor]:
-        return {
-            "aum_margin": state.margin.mean().clone(),
+        cols = {
+            "aum_margin": self._mean_seen(state)[0].clone(),
             "aum_epochs_seen": state.margin.epochs.detach().clone(),
         }
+        if self.monitor is not None:
+            cols["aum_window"] = torch.full_like(cols["aum_margin"], float(state.best[1]))
+        return cols
