@@ -25,14 +25,14 @@ import pandas as pd
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from benchmarks.fitting import indexed_loader, quiet_trainer
+from benchmarks.fitting import ValidatedMLP, indexed_loader, quiet_trainer
 from benchmarks.registry import quiet_lightning
 from lightning_dv import DataValuation
 from lightning_dv.datasets import make_split
 from lightning_dv.metrics import detection_auroc, kmeans_f1
 from lightning_dv.modules import MLPClassifier
 
-METHODS = ("aum", "nddv", "lossval")
+METHODS = ("aum", "aum_val", "nddv", "lossval")
 
 
 def make_objective(method: str, split, seed: int, window: int | None = 10):
@@ -40,6 +40,10 @@ def make_objective(method: str, split, seed: int, window: int | None = 10):
         from lightning_dv.methods.aum import AUM
 
         return AUM(window=window)
+    if method == "aum_val":  # the window runs on while the validation loss falls (up to 30 epochs)
+        from lightning_dv.methods.aum import AUM
+
+        return AUM(window=window, monitor="val_loss")
     if method == "nddv":
         from lightning_dv.methods.nddv import NDDV
 
@@ -82,13 +86,17 @@ class SignalRecorder(Callback):
 
 def run_one(split, method: str, seed: int, epochs: int, window: int | None = 10):
     L.seed_everything(seed, verbose=False)
-    model = MLPClassifier(split.x_train.shape[1], split.num_classes, hidden=64)
+    validate = method == "aum_val"
+    model = (ValidatedMLP if validate else MLPClassifier)(
+        split.x_train.shape[1], split.num_classes, hidden=64
+    )
     with quiet_lightning():
         valuation = DataValuation(make_objective(method, split, seed, window))
         recorder = SignalRecorder(valuation)
         trainer = quiet_trainer(epochs, callbacks=[valuation, recorder])
         start = time.perf_counter()
-        trainer.fit(model, indexed_loader(split.x_train, split.y_train, seed=seed))
+        val = indexed_loader(split.x_valid, split.y_valid, shuffle=False) if validate else None
+        trainer.fit(model, indexed_loader(split.x_train, split.y_train, seed=seed), val)
         seconds = time.perf_counter() - start
     traj = np.asarray(valuation.values.trajectory)
     return traj, {k: np.stack(v) for k, v in recorder.signals.items()}, seconds
