@@ -6,7 +6,8 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from helpers import loader, seeded, trainer_kwargs
+from helpers import loader, resumable_loader, seeded, trainer_kwargs
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from benchmarks.fitting import ValidatedMLP
 from lightning_dv import DataValuation
@@ -75,3 +76,30 @@ def test_monitor_names_the_missing_metric_and_validates_its_arguments():
         AUM(monitor="val_loss", mode="lowest")
     with pytest.raises(ValueError, match="monitor"):
         AUM(monitor="")
+
+
+def test_monitored_window_resumes_exactly_from_a_checkpoint(tmp_path):
+    """6 epochs uninterrupted == stopped after epoch 3 (inside the extended window) and resumed:
+    the frozen margins, the best metric and the window's end travel in the checkpoint."""
+    split = make_split("moons", noise=0.2, seed=0, n_train=120, n_valid=40, n_test=40)
+
+    def run(epochs, ckpt=None, callbacks=()):
+        seeded(0)
+        valuation = DataValuation(AUM(window=1, monitor="val_loss", max_window=5))
+        trainer = L.Trainer(
+            max_epochs=epochs,
+            callbacks=[valuation, *callbacks],
+            num_sanity_val_steps=0,
+            **trainer_kwargs(enable_checkpointing=True, default_root_dir=tmp_path / "root"),
+        )
+        model = ValidatedMLP(split.x_train.shape[1], split.num_classes, lr=1e-3)
+        train = resumable_loader(split.x_train, split.y_train, batch_size=16)
+        trainer.fit(model, train, loader(split.x_valid, split.y_valid, shuffle=False), ckpt_path=ckpt)
+        return valuation.values
+
+    full = run(6)
+    run(3, callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True)])
+    resumed = run(6, ckpt=str(tmp_path / "last.ckpt"))
+    assert float(full.columns["aum_window"][0]) > 3  # the window ended after the interruption
+    np.testing.assert_allclose(resumed.values, full.values, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(resumed.columns["aum_window"], full.columns["aum_window"])

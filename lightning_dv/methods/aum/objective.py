@@ -185,7 +185,8 @@ class AUM(ValuationObjective):
                 f"{epoch}; logged: {sorted(trainer.callback_metrics) or 'none'}. Log it in `validation_step` "
                 "(and pass a validation loader to `fit`), or use AUM(monitor=None), the fixed window."
             )
-        score = float(metric) if self.mode == "min" else -float(metric)
+        # rank 0's reading decides on every rank (a metric logged without sync_dist differs per rank)
+        score = trainer.strategy.broadcast(float(metric) if self.mode == "min" else -float(metric), src=0)
         best = state.best.detach()  # [best score so far, epoch the window ends at]
         improved = not score >= float(best[0])  # also True before the first record (NaN)
         if improved:
