@@ -34,8 +34,9 @@ def dense_reference(n, batches, grad_fn, constraint="none", lr=0.05, betas=(0.9,
     return history
 
 
-def sparse_run(n, batches, grad_fn, constraint="none", lr=0.05, betas=(0.9, 0.999), dense_below=0):
+def sparse_run(n, batches, grad_fn, constraint="none", lr=0.05, betas=(0.9, 0.999), dense_below=0, host=True):
     w = SampleWeights(n, constraint=constraint, lr=lr, betas=betas, dense_below=dense_below)
+    w.host = host  # False: the torch path that CUDA tensors take
     history = []
     for rows in batches:
         grad_fn(rows, w(rows)).backward()
@@ -63,17 +64,53 @@ def grad_fn(rows, w):
     return (w * c.to(w.dtype)).sum()
 
 
-@pytest.mark.parametrize("dense_below", [0, 10**6])  # the row-sparse path, and the small-N dense path
+@pytest.mark.parametrize(
+    "dense_below, host",
+    [(0, True), (0, False), (10**6, True)],  # row-sparse on NumPy views, row-sparse in torch, small-N dense
+)
 @pytest.mark.parametrize("constraint", ["none", "softplus", "clamp"])
-def test_sparse_adam_equals_dense_adam_at_every_step(constraint, dense_below):
+def test_sparse_adam_equals_dense_adam_at_every_step(constraint, dense_below, host):
     n, batches = 300, batches_with_gaps(300, 300, 8)
     grad_fn.calls = 0
     dense = dense_reference(n, batches, grad_fn, constraint)
     grad_fn.calls = 0
-    _, sparse = sparse_run(n, batches, grad_fn, constraint, dense_below=dense_below)
+    _, sparse = sparse_run(n, batches, grad_fn, constraint, dense_below=dense_below, host=host)
     for t, (d, s) in enumerate(zip(dense, sparse)):
         torch.testing.assert_close(s, d, rtol=1e-5, atol=2e-6, msg=f"step {t}")
     assert (dense[-1][-10:] == dense[0][-10:]).all()  # never-touched rows exist in the test
+
+
+def test_tiny_gradients_take_the_exact_tail_and_still_equal_dense_adam():
+    # Rows 0, 3, 6, ... get gradients ~1e-9 (sqrt(v) near eps: the series in eps / sqrt(v) does not
+    # serve them, their K tail terms are summed), the others ~1: both kinds in every batch.
+    def scaled(rows, w):
+        c = torch.cos(rows.double() * 1.7 + scaled.calls) + 0.3
+        c = torch.where(rows % 3 == 0, c * 1e-9, c)
+        scaled.calls += 1
+        return (w * c.to(w.dtype)).sum()
+
+    n, batches = 120, batches_with_gaps(120, 200, 10, seed=2)
+    scaled.calls = 0
+    dense = dense_reference(n, batches, scaled, lr=0.01)
+    scaled.calls = 0
+    w, sparse = sparse_run(n, batches, scaled, lr=0.01)
+    for t, (d, s) in enumerate(zip(dense, sparse)):
+        torch.testing.assert_close(s, d, rtol=1e-5, atol=2e-6, msg=f"step {t}")
+    u = w.exp_avg_sq.sqrt()
+    assert bool((u[w.exp_avg != 0] < w._host_adam._u_min).any()) and bool((u > w._host_adam._u_min).any())
+
+
+def test_host_read_equals_the_torch_read_after_a_resume():
+    n, batches = 200, batches_with_gaps(200, 80, 12, seed=3)
+    grad_fn.calls = 0
+    w, _ = sparse_run(n, batches, grad_fn, lr=0.02)
+    resumed = SampleWeights(n, lr=0.02, dense_below=0)
+    resumed.load_state_dict(w.state_dict())  # no cached tail tables: the read recomputes them
+    rows = torch.arange(n)
+    host = resumed.current_raw(rows)
+    resumed.host = False
+    torch.testing.assert_close(host, resumed.current_raw(rows), rtol=0, atol=1e-6)
+    torch.testing.assert_close(host, w.current_raw(rows), rtol=0, atol=1e-6)
 
 
 def test_other_betas_and_checkpoint_round_trip():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torchmetrics.utilities.distributed import gather_all_tensors
@@ -15,6 +16,7 @@ from torchmetrics.utilities.distributed import gather_all_tensors
 from lightning_dv._float32 import Float32Module
 from lightning_dv._validation import check_choice
 from lightning_dv.distributed import is_distributed
+from lightning_dv.methods.host_adam import HostRowAdam, merge_rows
 
 CONSTRAINTS = ("none", "softplus", "clamp")
 #: torch's fused Adam kernel (the one behind ``Adam(fused=True)``), when this torch has it.
@@ -129,6 +131,9 @@ class SampleWeights(Float32Module):
         self.step = _frozen(torch.zeros((), dtype=torch.int64))
         self._pending: list[tuple[Tensor, Tensor]] = []
         self._now: int | None = None  # host copy of ``step``: no device sync per step
+        #: Row-sparse reads and steps of CPU tensors through NumPy views (False: the torch path,
+        #: which other devices take; the two are equal to rounding).
+        self.host = True
 
     def configure(
         self, lr: float = 0.01, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
@@ -142,6 +147,7 @@ class SampleWeights(Float32Module):
             raise ValueError(f"`eps` must be > 0; got {eps}.")
         self.lr, self.betas, self.eps = float(lr), (float(betas[0]), float(betas[1])), float(eps)
         self.window = tail_window(self.betas)
+        self._host_adam = HostRowAdam(self.lr, self.betas, self.eps, self.window)
 
     @property
     def num_samples(self) -> int:
@@ -197,12 +203,34 @@ class SampleWeights(Float32Module):
     def _settle(self, raw: Tensor) -> Tensor:
         return raw.clamp(min=self.min_value) if self.constraint == "clamp" else raw
 
+    def _on_host(self, rows: Tensor) -> bool:
+        return getattr(self, "host", True) and rows.device.type == "cpu" and self.raw.device.type == "cpu"
+
+    def _steps_done(self) -> int:
+        now = getattr(self, "_now", None)
+        return int(self.step) if now is None else now
+
+    def _host_raw(self, rows: np.ndarray) -> np.ndarray:
+        """:meth:`current_raw` on host arrays (row-sparse mode, CPU tensors)."""
+        raw = self.raw.numpy()[rows]
+        last = self.last_step.numpy()[rows]
+        now = self._steps_done()
+        behind = now - last
+        if (behind < self.window).any():  # some row's tail is not complete (every row at small N)
+            m, v = self.exp_avg.numpy()[rows], self.exp_avg_sq.numpy()[rows]
+            raw += self._host_adam.remaining(m, v, last, behind, now).astype(np.float32)
+        if self.constraint == "clamp":
+            np.maximum(raw, np.float32(self.min_value), out=raw)
+        return raw
+
     @torch.no_grad()
     def current_raw(self, rows: Tensor) -> Tensor:
         """The raw parameter of ``rows`` as dense Adam holds it after ``step`` steps (detached)."""
         rows = rows.reshape(-1).long()
         if self.dense:
             return self._settle(self.raw.index_select(0, rows))
+        if self._on_host(rows):
+            return torch.from_numpy(self._host_raw(rows.numpy()))
         last = self.last_step.index_select(0, rows)
         behind = self.step - last  # >= K: the tail is complete, nothing to add
         raw = self.raw.index_select(0, rows)
@@ -283,10 +311,14 @@ class SampleWeights(Float32Module):
         current raw values if already known (:meth:`current_raw`). Equals ``torch.optim.Adam`` on
         the dense vector.
         """
-        now = (int(self.step) if getattr(self, "_now", None) is None else self._now) + 1
+        now = self._steps_done() + 1
         b1, b2 = self.betas
         if self.dense:
             self._dense_step(rows, grads, now)
+            return
+        if self._on_host(rows) and grads.device.type == "cpu":
+            r = rows.numpy()
+            self._host_step(r, grads.numpy(), self._host_raw(r) if before is None else before.numpy(), now)
             return
         before = self.current_raw(rows) if before is None else before
         gap = (now - self.last_step.index_select(0, rows)).to(
@@ -303,6 +335,16 @@ class SampleWeights(Float32Module):
         self.step.fill_(now)
         self._now = now
         self.raw.index_copy_(0, rows, after - self._full_tail(m, v, now).to(after.dtype))
+
+    def _host_step(self, rows: np.ndarray, grads: np.ndarray, before: np.ndarray, now: int) -> None:
+        """One row-sparse step of distinct ``rows`` on NumPy views of the CPU tensors."""
+        self._host_adam.step(
+            self.raw.numpy(), self.exp_avg.numpy(), self.exp_avg_sq.numpy(), self.last_step.numpy(), rows,
+            grads.astype(np.float32, copy=False), before.astype(np.float32, copy=False), now,
+            self.min_value if self.constraint == "clamp" else None,
+        )  # fmt: skip
+        self.step.fill_(now)
+        self._now = now
 
     def _dense_step(self, rows: Tensor, grads: Tensor, now: int) -> None:
         b1, b2 = self.betas
@@ -386,6 +428,10 @@ def step_row_weights(weights: SampleWeights, scale: float | None = None) -> bool
             world = torch.distributed.get_world_size()
             rows = torch.cat(gather_all_tensors(rows.contiguous()))
             grads = torch.cat(gather_all_tensors(grads.contiguous())) / world
+    elif weights._on_host(weights.raw) and not is_distributed():  # NumPy merge, no torch calls
+        rows, grads, before = weights._take()
+        r, g, b = merge_rows(rows.numpy(), grads.numpy(), before.numpy())
+        rows, grads, before = torch.from_numpy(r), torch.from_numpy(g), torch.from_numpy(b)
     else:
         rows, grads, before = exchange_row_gradients(*weights.take_gradients())
     if scale is not None:
