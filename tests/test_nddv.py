@@ -396,3 +396,20 @@ def test_nddv_value_with_class_indices_equals_the_one_hot_form_and_coupling_need
     probs = torch.softmax(logits.detach(), 1)
     coupling = 0.5 * ((probs - 1 / 3) ** 2).sum(1).mean()
     torch.testing.assert_close(attached.detach() - detached.detach(), coupling)
+
+
+def test_weighted_loss_node_has_the_gradients_of_the_plain_expression():
+    from lightning_dv.methods.nddv.formulas import weighted_loss
+
+    g = torch.Generator().manual_seed(1)
+    w = (torch.rand(7, generator=g, dtype=torch.float64) + 0.2).requires_grad_()
+    loss = torch.rand(7, generator=g, dtype=torch.float64).requires_grad_()
+    p = torch.softmax(torch.randn(7, 3, generator=g, dtype=torch.float64), 1).requires_grad_()
+    mu = torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda a, b, c: weighted_loss(a, b, c, mu, 0.07, 1e-12), (w, loss, p))
+    assert torch.autograd.gradcheck(lambda a, b: weighted_loss(a, b, eps=1e-12), (w, loss))
+    fused = weighted_loss(w, loss, p, mu, 0.07, 1e-12)
+    plain = torch.dot(w, loss) / (w.sum() + 1e-12) + 0.07 * (p - mu).square().sum()
+    for a, b in zip(torch.autograd.grad(fused, (w, loss, p)), torch.autograd.grad(plain, (w, loss, p))):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(fused, plain)

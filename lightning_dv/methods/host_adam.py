@@ -88,9 +88,9 @@ class HostRowAdam:
         tiny = math.log(2.0**-54)
         self.cap = 1 + max(math.ceil(tiny / math.log(b)) if b > 0 else 1 for b in betas)
         self._a1 = self._a2 = np.empty(0)
-        # G_j(t0, b) of the last K steps (slot t0 % K; b = K: zero) and the step each slot holds.
-        self._series = np.zeros((window, window + 1, self.ORDER))
-        self._slot_step = np.full(window, -1, dtype=np.int64)
+        # G_j(t0, b) of the last K and the next K steps (slot t0 % 2K; b = K: zero), the step each holds.
+        self._series = np.zeros((2 * window, window + 1, self.ORDER))
+        self._slot_step = np.full(2 * window, -1, dtype=np.int64)
         self._filled_since: int | None = None  # every step since this one filled its slot
         # c_k >= b2^(K/2): below this sqrt(v) the series is not used.
         self._u_min = eps / (self.RATIO * self.q2[-1])
@@ -124,14 +124,18 @@ class HostRowAdam:
         num *= np.less.outer(after, self.k)  # terms already applied (k <= after) count zero
         return (self.lr * m.astype(np.float64)) * num.sum(axis=1)
 
+    def reset(self) -> None:
+        """Check the tables of recent steps again at the next reads (after a load, or steps taken elsewhere)."""
+        self._filled_since = None
+
     def _fill(self, t0: np.ndarray, now: int) -> None:
         """Compute ``G_j(t0, b)`` (``b = 0 .. K``; zero at ``K``) of the distinct steps ``t0`` into their slots."""
-        s = self._steps(t0, now)
+        s = self._steps(t0, int(t0.max()))
         a = self.p1 * self._a1.take(s)  # (T, K)
         c = self.q2 * self._a2.take(s)
         terms = a[:, None, :] / c[:, None, :] ** self._powers  # (T, J, K): a_k / c_k^(j+1)
         suffix = np.cumsum(terms[:, :, ::-1], axis=2)[:, :, ::-1]  # suffix[.., i] = sum_{k > i}
-        slots = t0 % self.window
+        slots = t0 % self._series.shape[0]
         self._series[slots, : self.window] = suffix.transpose(0, 2, 1)  # [slot, b, j]
         self._slot_step[slots] = t0
 
@@ -148,7 +152,7 @@ class HostRowAdam:
     ) -> np.ndarray:
         """``R(after)``: each row's tail terms ``k > after`` after its update at ``t0`` (zero once ``after >= K``)."""
         K = self.window
-        slots = t0 % K
+        slots = t0 % self._series.shape[0]
         if self._filled_since is None or self._filled_since > now - K:  # K steps after a start or a load
             stale = (self._slot_step[slots] != t0) & (after < K) & (m != 0)
             if stale.any():
@@ -187,10 +191,12 @@ class HostRowAdam:
         after = before - np.float32(self.lr / (1 - b1**now)) * m / denom
         if min_value is not None:
             np.maximum(after, np.float32(min_value), out=after)
-        if self._filled_since is None or self._slot_step[(now - 1) % self.window] != now - 1:
-            self._filled_since = now  # every step from here on fills its slot
-        self._fill(np.array([now]), now)
-        whole, exact = self._series_sum(m, v, self._series[now % self.window, 0])
+        if self._filled_since is None:
+            self._filled_since = now  # every step from here on has its table
+        slot = now % self._series.shape[0]
+        if self._slot_step[slot] != now:  # the tables of the next K steps at once (K x J x K numbers)
+            self._fill(np.arange(now, now + self.window), now)
+        whole, exact = self._series_sum(m, v, self._series[slot, 0])
         if exact.any():
             whole[exact] = self.tail(
                 m[exact], v[exact], np.full(rows.size, now)[exact], np.zeros(int(exact.sum()), int), now

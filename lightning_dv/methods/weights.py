@@ -216,7 +216,7 @@ class SampleWeights(Float32Module):
         last = self.last_step.numpy()[rows]
         now = self._steps_done()
         behind = now - last
-        if (behind < self.window).any():  # some row's tail is not complete (every row at small N)
+        if ((behind < self.window) & (last > 0)).any():  # a row's tail is not complete (every row at small N)
             m, v = self.exp_avg.numpy()[rows], self.exp_avg_sq.numpy()[rows]
             raw += self._host_adam.remaining(m, v, last, behind, now).astype(np.float32)
         if self.constraint == "clamp":
@@ -299,6 +299,7 @@ class SampleWeights(Float32Module):
     def _load_from_state_dict(self, *args, **kwargs):  # type: ignore[override]
         super()._load_from_state_dict(*args, **kwargs)
         self._now = None
+        self._host_adam.reset()
         # The two modes store ``raw`` differently (dense: the weight; sparse: with its tail applied).
         self.dense = bool(self.dense_mode)
 
@@ -321,6 +322,7 @@ class SampleWeights(Float32Module):
             self._host_step(r, grads.numpy(), self._host_raw(r) if before is None else before.numpy(), now)
             return
         before = self.current_raw(rows) if before is None else before
+        self._host_adam.reset()  # a step the host tables did not see
         gap = (now - self.last_step.index_select(0, rows)).to(
             torch.float64
         )  # zero-gradient steps decay the moments

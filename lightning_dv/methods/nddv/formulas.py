@@ -31,6 +31,7 @@ __all__ = [
     "target_distribution",
     "target_labels",
     "terminal_probabilities",
+    "weighted_loss",
 ]
 
 
@@ -136,3 +137,56 @@ def marginal_calibration(raw: Tensor) -> Tensor:
     if n < 2:
         return raw.clone()
     return raw * (1 + 1 / (n - 1)) - raw.sum() / (n - 1)
+
+
+class _WeightedLoss(torch.autograd.Function):
+    """Forward and gradients of :func:`weighted_loss` as one autograd node (see there)."""
+
+    @staticmethod
+    def forward(ctx, w, per_sample, probs, mu, strength, eps):  # type: ignore[override]
+        total = w.sum() + eps
+        task = torch.dot(w, per_sample) / total
+        if probs is None:
+            ctx.save_for_backward(w, per_sample, total, task)
+            return task
+        diff = probs - mu
+        flat = diff.reshape(-1)
+        ctx.save_for_backward(w, per_sample, total, task, diff)
+        ctx.strength = strength
+        return task + (strength * torch.dot(flat, flat)).to(task.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        w, per_sample, total, task, *diff = ctx.saved_tensors
+        scale = grad / total
+        gw = (per_sample - task) * scale if ctx.needs_input_grad[0] else None
+        gl = w * scale if ctx.needs_input_grad[1] else None
+        gp = None
+        if diff and ctx.needs_input_grad[2]:
+            gp = diff[0] * (2 * ctx.strength * grad.to(diff[0].dtype))
+        return gw, gl, gp, None, None, None
+
+
+def weighted_loss(
+    w: Tensor, per_sample: Tensor, probs: Tensor | None = None, mu: Tensor | None = None,
+    strength: float = 0.0, eps: float = 1e-12,
+) -> Tensor:  # fmt: skip
+    """NDDV's training loss ``sum_i w_i l_i / (sum_i w_i + eps) + strength sum_i ||p_i - mu||^2``.
+
+    The weighted task loss and the mean-field coupling (``strength = a / (2 B)``; ``probs=None``:
+    the task alone), computed as one autograd node with the closed-form gradients
+    ``d/dw_i = (l_i - task) / S``, ``d/dl_i = w_i / S`` and ``d/dp_i = 2 strength (p_i - mu)``
+    (``S = sum_i w_i + eps``). Why: on a batch of 32 rows each autograd node costs more than its
+    arithmetic; the dozen nodes of the plain expression were a tenth of a training step.
+    ``w`` and ``per_sample`` share a dtype; ``probs`` and ``mu`` too.
+
+    Example:
+        >>> w = torch.tensor([1.0, 3.0], requires_grad=True)
+        >>> l = torch.tensor([2.0, 4.0], requires_grad=True)
+        >>> p = torch.tensor([[0.5, 0.5], [1.0, 0.0]], requires_grad=True)
+        >>> loss = weighted_loss(w, l, p, torch.tensor([0.5, 0.5]), strength=0.25, eps=0.0)
+        >>> loss.backward()
+        >>> loss.item(), w.grad.tolist(), l.grad.tolist(), p.grad.tolist()
+        (3.625, [-0.375, 0.125], [0.25, 0.75], [[0.0, 0.0], [0.25, -0.25]])
+    """
+    return _WeightedLoss.apply(w, per_sample, probs, mu, strength, eps)

@@ -34,6 +34,7 @@ from lightning_dv.methods.nddv.formulas import (
     state_costate_value,
     target_labels,
     terminal_probabilities,
+    weighted_loss,
 )
 from lightning_dv.methods.nddv.meta import EPS, MetaWeighting, default_meta_loss, meta_tensors
 from lightning_dv.methods.nddv.state import NDDVState, _frozen
@@ -201,7 +202,6 @@ class NDDV(MetaWeighting, ValuationObjective):
                 self.meta_step(state, step)
             with torch.no_grad():
                 w = state.weight_net(per_sample.detach())
-        task = torch.dot(w.to(per_sample.dtype), per_sample) / (w.sum().to(per_sample.dtype) + EPS)
         self._batch_weights = (step.idx, w.detach())
         with torch.no_grad():
             wd = w.detach().float()
@@ -213,13 +213,13 @@ class NDDV(MetaWeighting, ValuationObjective):
             state.field.update(p, first)
             for name, terminal in dynamics.items():
                 state.dynamics_field(name).update(terminal, first)
+        wl = w.to(per_sample.dtype)
         if self.interaction == 0 or not probs.requires_grad:
             # Detached outputs (``model_loss="plain"`` / ``"reweight"``): the coupling has no
             # gradient to give, and the value of this loss is not used, so it is not computed.
-            return task
+            return weighted_loss(wl, per_sample, eps=EPS)
         mu = state.mean_field.to(probs.dtype)
-        coupling = (0.5 * self.interaction / probs.shape[0]) * (probs - mu).square().sum()
-        return task + coupling.to(task.dtype)
+        return weighted_loss(wl, per_sample, probs, mu, 0.5 * self.interaction / probs.shape[0], EPS)
 
     def model_weights(self, state: nn.Module, idx: Tensor) -> Tensor | None:
         """The rows' positive weights of the current batch (softplus weights or the weight network's)."""
