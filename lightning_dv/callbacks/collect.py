@@ -152,11 +152,7 @@ class RowLabels:
     def record(self, idx: Tensor, targets: object) -> None:
         """Keep ``targets`` when they are one integer class label per row of ``idx`` (else ignore them)."""
         if isinstance(targets, Tensor) and targets.ndim == 1 and targets.shape == idx.shape:
-            if targets.is_floating_point():
-                return
-            if idx.device.type == "cpu" and targets.device.type == "cpu" and self.labels.device.type == "cpu":
-                self.labels.numpy()[idx.numpy()] = targets.detach().numpy()  # NumPy: no torch call
-            else:
+            if not targets.is_floating_point():
                 self.labels.index_copy_(0, idx, targets.detach().to(self.labels.device, torch.int32))
 
     def merged(self, sync: bool = True) -> Tensor | None:

@@ -230,10 +230,7 @@ class VisitCounter:
         self.calls = 0  # valuation_loss calls in training on this rank (host-side, no sync)
 
     def add(self, idx: Tensor) -> None:
-        if idx.device.type == "cpu" and self.local.device.type == "cpu":
-            np.add.at(self.local.numpy(), idx.numpy(), 1)  # NumPy on a batch: no torch call
-        else:
-            self.local.index_add_(0, idx.to(self.local.device), torch.ones_like(idx, dtype=torch.int32))
+        self.local.index_add_(0, idx.to(self.local.device), torch.ones_like(idx, dtype=torch.int32))
         self.calls += 1
 
     def sync(self) -> None:

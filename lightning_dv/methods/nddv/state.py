@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -40,12 +39,6 @@ class WeightedMean(nn.Module):
     def update(self, x: Tensor, w: Tensor) -> None:
         if self.total.numel() != x.shape[1]:
             self.total = _frozen(torch.zeros(x.shape[1], dtype=torch.float64, device=x.device))
-        if x.device.type == "cpu" and w.device.type == "cpu" and x.dtype == torch.float32:
-            wn = w.to(x.dtype).numpy()  # NumPy on a batch: a fraction of the torch calls' cost
-            total, weight = self.total.numpy(), self.weight.numpy()
-            np.add(total, wn @ x.numpy(), out=total)
-            np.add(weight, wn.sum(), out=weight)
-            return
         w = w.to(x.dtype)
         self.total.add_(torch.mv(x.t(), w))  # total += X^T w (the batch's sum in x's dtype, added in float64)
         self.weight.add_(w.sum())
