@@ -338,6 +338,29 @@ class SampleWeights(Float32Module):
         self._now = now
         self.raw.index_copy_(0, rows, after - self._full_tail(m, v, now).to(after.dtype))
 
+    def _host_take_and_step(self) -> bool:
+        """The reads' gradients, merged, and one row-sparse step, all on host arrays (one process, CPU)."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            self._host_step(
+                np.zeros(0, np.int64),
+                np.zeros(0, np.float32),
+                np.zeros(0, np.float32),
+                self._steps_done() + 1,
+            )
+            return True
+        parts = [
+            (
+                r.numpy(),
+                np.zeros(r.shape[0], np.float32) if x.grad is None else x.grad.numpy(),
+                x.detach().numpy(),
+            )
+            for r, x in pending
+        ]
+        rows, grads, before = (np.concatenate(c) for c in zip(*parts)) if len(parts) > 1 else parts[0]
+        self._host_step(*merge_rows(rows, grads, before), self._steps_done() + 1)
+        return True
+
     def _host_step(self, rows: np.ndarray, grads: np.ndarray, before: np.ndarray, now: int) -> None:
         """One row-sparse step of distinct ``rows`` on NumPy views of the CPU tensors."""
         self._host_adam.step(
@@ -430,10 +453,8 @@ def step_row_weights(weights: SampleWeights, scale: float | None = None) -> bool
             world = torch.distributed.get_world_size()
             rows = torch.cat(gather_all_tensors(rows.contiguous()))
             grads = torch.cat(gather_all_tensors(grads.contiguous())) / world
-    elif weights._on_host(weights.raw) and not is_distributed():  # NumPy merge, no torch calls
-        rows, grads, before = weights._take()
-        r, g, b = merge_rows(rows.numpy(), grads.numpy(), before.numpy())
-        rows, grads, before = torch.from_numpy(r), torch.from_numpy(g), torch.from_numpy(b)
+    elif weights._on_host(weights.raw) and not is_distributed() and scale is None:
+        return weights._host_take_and_step()  # NumPy from the reads' leaves to the update
     else:
         rows, grads, before = exchange_row_gradients(*weights.take_gradients())
     if scale is not None:
