@@ -1,0 +1,154 @@
+"""Per-step profile of the valuation hot path (MLP 16-64-2, batch 32, one thread, thread CPU time).
+
+Three views, each in one process:
+
+- ``weights``: the per-row weights' read and step in a tight loop (softplus, batch 32), dense
+  and row-sparse (NumPy and torch paths) at N = 10^3 and 10^6, interleaved blocks, medians.
+- ``fit``: NDDV fits of 60 steps, plain / row-sparse NumPy / row-sparse torch / dense weights
+  interleaved, median of each repeat's step ratio over the plain fit.
+- ``parts``: inclusive CPU time per step of the hot-path functions in an NDDV fit (each wrapped
+  with a timer; the wrappers add ~1 us per call).
+
+Usage: ``OMP_NUM_THREADS=1 python -m benchmarks.bench_step_profile {weights,fit,parts} [--rows N]``.
+Results: docs/scaling.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import functools
+import importlib
+import statistics
+import time
+
+import torch
+
+from lightning_dv.methods.weights import SampleWeights, step_row_weights
+
+HOT_PATH = (
+    ("lightning_dv.callbacks.data_valuation", "DataValuation.compute_loss"),
+    ("lightning_dv.callbacks.data_valuation", "DataValuation.on_before_optimizer_step"),
+    ("lightning_dv.methods.nddv.objective", "NDDV.loss"),
+    ("lightning_dv.methods.weights", "SampleWeights.forward"),
+    ("lightning_dv.methods.weights", "SampleWeights.adam_step"),
+    ("lightning_dv.distributed", "RowStatistics.update"),
+    ("lightning_dv.methods.nddv.state", "WeightedMean.update"),
+)
+
+
+def weights_loop(blocks: int = 30, per_block: int = 40) -> dict[str, tuple[float, float]]:
+    """``variant -> (median read us, median step us)`` of the weights alone."""
+    variants = {"dense 1e3": (1000, 10**9, True), "sparse numpy 1e3": (1000, 0, True)}
+    variants |= {"sparse numpy 1e6": (10**6, 0, True), "sparse torch 1e3": (1000, 0, False)}
+    variants["sparse torch 1e6"] = (10**6, 0, False)
+    g = torch.Generator().manual_seed(0)
+    made = {}
+    for name, (n, dense_below, host) in variants.items():
+        made[name] = SampleWeights(n, constraint="softplus", dense_below=dense_below), n
+        made[name][0].host = host
+    times = {name: ([], []) for name in variants}
+    for block in range(blocks):
+        for name, (w, n) in made.items():
+            for _ in range(per_block):
+                idx = (
+                    torch.randperm(n, generator=g)[:32]
+                    if n <= 1000
+                    else torch.randint(0, n, (32,), generator=g)
+                )
+                t0 = time.thread_time_ns()
+                x = w(idx)
+                t1 = time.thread_time_ns()
+                x.sum().backward()
+                t2 = time.thread_time_ns()
+                step_row_weights(w)
+                t3 = time.thread_time_ns()
+                if block > 2:  # every row of the small sets has an open tail by then
+                    times[name][0].append(t1 - t0)
+                    times[name][1].append(t3 - t2)
+    return {k: (statistics.median(r) / 1e3, statistics.median(s) / 1e3) for k, (r, s) in times.items()}
+
+
+@functools.cache
+def _patched() -> dict:
+    """Make every new SampleWeights take the mode in the returned dict (host path, dense_below)."""
+    mode = {"host": True, "dense_below": None}
+    init = SampleWeights.__init__
+
+    def patched(self, *args, **kwargs):
+        if mode["dense_below"] is not None:
+            kwargs["dense_below"] = mode["dense_below"]
+        init(self, *args, **kwargs)
+        self.host = mode["host"]
+
+    SampleWeights.__init__ = patched
+    return mode
+
+
+def fit_ratios(rows: int, repeats: int = 7) -> dict[str, float]:
+    """Median step ratio over the plain fit of NDDV fits with each weights mode."""
+    from benchmarks.overhead import objective_factories, time_fit, workload_data
+
+    mode = _patched()
+    x, y = workload_data("mlp", rows)
+    modes = {"plain": None, "sparse numpy": (True, 0), "sparse torch": (False, 0)}
+    if rows <= 20_000:
+        modes["dense"] = (True, 10**9)
+    steps = {name: [] for name in modes}
+    for _ in range(repeats):
+        for name, m in modes.items():
+            if m is not None:
+                mode["host"], mode["dense_below"] = m
+            objective = None if m is None else objective_factories()["nddv"](None, None)
+            steps[name].append(
+                time_fit(x, y, objective, max_batches=60, measure_memory=False, clock="cpu")[2]
+            )
+    return {k: statistics.median(a / b for a, b in zip(v, steps["plain"])) for k, v in steps.items()}
+
+
+def parts(rows: int) -> dict[str, float]:
+    """Inclusive CPU time per step (us) of the hot-path functions in one NDDV fit."""
+    from benchmarks.overhead import objective_factories, time_fit, workload_data
+
+    total, calls = collections.Counter(), collections.Counter()
+    for module, qualname in HOT_PATH:
+        owner_name, attr = qualname.split(".")
+        owner = getattr(importlib.import_module(module), owner_name)
+        original = getattr(owner, attr)
+
+        def timed(*args, _f=original, _q=qualname, **kwargs):
+            t0 = time.thread_time_ns()
+            try:
+                return _f(*args, **kwargs)
+            finally:
+                total[_q] += time.thread_time_ns() - t0
+                calls[_q] += 1
+
+        setattr(owner, attr, timed)
+    x, y = workload_data("mlp", rows)
+    epochs, batches = (3, None) if rows <= 10_000 else (1, 60)
+    time_fit(
+        x, y, objective_factories()["nddv"](None, None), epochs, batches, measure_memory=False, clock="cpu"
+    )
+    steps = calls["DataValuation.on_before_optimizer_step"]
+    return {q: total[q] / steps / 1e3 for _, q in HOT_PATH if calls[q]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("view", choices=("weights", "fit", "parts"))
+    parser.add_argument("--rows", type=int, nargs="+", default=[1000, 1_000_000])
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    if args.view == "weights":
+        for name, (read, step) in weights_loop().items():
+            print(f"{name:18s} read {read:7.1f} us  step {step:7.1f} us")
+        return
+    for rows in args.rows:
+        result = fit_ratios(rows) if args.view == "fit" else parts(rows)
+        for name, value in result.items():
+            print(f"N={rows:<9,d} {name:42s} {value:8.2f}{'x' if args.view == 'fit' else ' us/step'}")
+
+
+if __name__ == "__main__":
+    main()
