@@ -69,8 +69,10 @@ class SampleWeights(Float32Module):
     touched row's moments are decayed by ``b^d`` for the ``d`` steps since its last touch, which is
     exactly what dense Adam's zero-gradient steps do. The result equals
     ``torch.optim.Adam`` on the dense vector to float rounding (tests/test_weights.py compares
-    them), at ``O(rows x K)`` per step instead of ``O(N)``. ``"clamp"`` equals clamping after
-    every dense step too: a tail moves monotonically, so clamping its end is clamping each step.
+    them), at ``O(rows x K)`` per step instead of ``O(N)`` (on CPU ``O(rows)``: the NumPy path
+    of :mod:`~lightning_dv.methods.host_adam` sums each tail as a short series over per-step
+    tables). ``"clamp"`` equals clamping after every dense step too: a tail moves
+    monotonically, so clamping its end is clamping each step.
 
     Why: the dense gradient, all-reduce and Adam step made a step cost O(N) (8.6x at 10^6 rows).
 
