@@ -60,38 +60,67 @@ def noisy_mask(noisy, num_rows: int) -> Tensor:
 _CHUNK = 1 << 16
 
 
+def _prefix_sums(s: np.ndarray):
+    """``(lo, c1, c2)`` per chunk of ``_CHUNK`` sorted values: the running sums of the values and
+    of their squares in float64, the same left-to-right scan as ``cumsum`` over the whole array
+    (each chunk's scan starts from the previous chunk's last sum), in ``O(chunk)`` memory."""
+    c1 = c2 = None
+    for lo in range(0, s.shape[0], _CHUNK):
+        x = torch.from_numpy(s[lo : lo + _CHUNK]).to(torch.float64)
+        sq = x.square()
+        if c1 is None:
+            c1, c2 = x.cumsum(0), sq.cumsum_(0)
+        else:
+            c1 = torch.cat([c1[-1:], x]).cumsum_(0)[1:]
+            c2 = torch.cat([c2[-1:], sq]).cumsum_(0)[1:]
+        yield lo, c1, c2
+
+
 def two_means_split(values) -> Tensor:
     """Exact 1-D 2-means: a boolean mask of the LOW cluster.
 
     Sorts the values and picks the split with the smallest total within-cluster squared error
-    (computed for every split point from prefix sums, so it is exact and O(n log n)).
+    (computed for every split point from prefix sums, so it is exact and O(n log n)). Ties at
+    the split go to the low cluster in row order (a stable sort's order). Memory: one sorted copy
+    of the values plus ``O(chunk)``: the prefix sums are scanned chunk by chunk, twice.
 
     Example:
         >>> two_means_split([0.0, 0.1, 5.0, 5.2]).tolist()
         [True, True, False, False]
     """
-    v = _as_tensor(values)
+    v = values.detach().cpu().reshape(-1) if isinstance(values, Tensor) else None
+    if v is None or v.dtype not in (torch.float32, torch.float64):
+        v = _as_tensor(values)  # float32 values are sorted as they are: the same order, half the bytes
     n = v.numel()
     if n < 2:
         return torch.zeros(n, dtype=torch.bool)
-    s, order = torch.sort(v, stable=True)
-    c1 = torch.cumsum(s, 0)
-    c2 = s.square_().cumsum_(0)  # s is not needed again: prefix sums of squares in its place
-    # The within-cluster error of every split, in chunks (24 bytes per row at peak instead of ~64;
-    # the same arithmetic per element, so the same split):
+    s = np.sort(v.contiguous().numpy())  # the sorted values only: no (n,) int64 order
+    total1 = total2 = None
+    for _, c1, c2 in _prefix_sums(s):
+        total1, total2 = c1[-1], c2[-1]
     # left = c2 - c1^2 / k, right = (c2[-1] - c2) - (c1[-1] - c1)^2 / (n - k), k = size of the low cluster
     best, best_sse = 0, None
-    for lo in range(0, n - 1, _CHUNK):
+    for lo, c1, c2 in _prefix_sums(s):
+        if lo >= n - 1:
+            break
         hi = min(lo + _CHUNK, n - 1)
         k = torch.arange(lo + 1, hi + 1, dtype=torch.float64)
-        left_sse = c2[lo:hi] - c1[lo:hi] ** 2 / k
-        right_sum, right_sq = c1[-1] - c1[lo:hi], c2[-1] - c2[lo:hi]
+        c1, c2 = c1[: hi - lo], c2[: hi - lo]
+        left_sse = c2 - c1**2 / k
+        right_sum, right_sq = total1 - c1, total2 - c2
         sse = left_sse + (right_sq - right_sum**2 / (n - k))
         i = int(torch.argmin(sse))
         if best_sse is None or sse[i] < best_sse:  # strict: the first minimum overall, as argmin
             best, best_sse = lo + i, sse[i]
-    low = torch.zeros(n, dtype=torch.bool)
-    low[order[: best + 1]] = True
+    # The low cluster is the best + 1 smallest values, ties at the cut taken in row order.
+    cut = v.new_tensor(s[best])
+    if bool(torch.isnan(cut)):  # NaN sorts last: every number, then the first NaN rows
+        low, ties = ~torch.isnan(v), torch.isnan(v)
+    else:
+        low, ties = v < cut, v == cut
+    missing = best + 1 - int(low.sum())
+    if missing > 0:
+        low[torch.nonzero(ties).reshape(-1)[:missing]] = True
     return low
 
 

@@ -74,6 +74,8 @@ class DataValues:
     def __post_init__(self) -> None:
         self.values = _to_numpy(self.values, np.float64).reshape(-1)
         n = self.values.shape[0]
+        # the 2-means flags first, while only the values exist (its sorted copy is the largest transient)
+        flags = _two_means_flags(self.values) if self.flagged is None else None
         self.index = np.arange(n, dtype=np.int64) if self.index is None else _to_numpy(self.index, np.int64)
         if self.index.shape != (n,):
             raise ValueError(f"`index` has shape {self.index.shape}; expected ({n},) to match `values`.")
@@ -99,7 +101,7 @@ class DataValues:
             if self.labels.shape[:1] != (n,):
                 raise ValueError(f"`labels` has {self.labels.shape[0]} entries; expected {n}, one per row.")
         if self.flagged is None:
-            self.flagged = _two_means_flags(self.values)
+            self.flagged = flags
             self.metadata.setdefault("flagged_by", "two_means")
         else:
             self.flagged = _to_numpy(self.flagged).astype(bool).reshape(-1)

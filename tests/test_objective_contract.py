@@ -185,8 +185,13 @@ def test_export_and_ids_round_trip(name, data, tmp_path):
     np.testing.assert_allclose(back.values, cb.values.sorted_by_row().values, rtol=1e-6)
 
 
-def test_row_statistics_match_a_brute_force_reference():
-    """Random batches with repeated rows over 3 epochs (one checkpoint round trip mid-epoch)."""
+@pytest.mark.parametrize("reduce_rows", [1 << 18, 6])
+def test_row_statistics_match_a_brute_force_reference(reduce_rows, monkeypatch):
+    """Random batches with repeated rows over 3 epochs (one checkpoint round trip mid-epoch); the
+    epoch end in one all-reduce or in chunks of 6 rows (the chunking of large N)."""
+    import lightning_dv.distributed as distributed
+
+    monkeypatch.setattr(distributed, "REDUCE_ROWS", reduce_rows)
     g = torch.Generator().manual_seed(0)
     n, stats = 20, RowStatistics(20, width=2, keep_last=True)
     per_epoch = []

@@ -31,6 +31,7 @@ from lightning_dv._validation import check_choice
 from lightning_dv.metrics import two_means_split
 
 CALIBRATIONS = ("robust", "none")
+_CHUNK = 1 << 16
 
 
 def robust_score(x: Tensor) -> Tensor:
@@ -40,16 +41,27 @@ def robust_score(x: Tensor) -> Tensor:
         >>> robust_score(torch.tensor([1.0, 2.0, 3.0, 100.0])).round(decimals=2).tolist()
         [-0.67, 0.0, 0.67, 66.1]
     """
+    # The median of a float input is the same number in its own dtype: no float64 copy to select in.
+    med = (x if x.is_floating_point() else x.double()).median().to(torch.float64)
     x = x.to(torch.float64, copy=True)  # a copy: the score is computed in place on it
-    med = x.median()
-    dev = (x - med).abs_()
-    scale = 1.4826 * dev.median()
-    if not scale > 0:  # more than half the rows tie
-        scale = dev.mean()
+    if bool(torch.isnan(med)):  # a NaN row: the score is undefined, as below (NaN scale)
+        return torch.zeros_like(x)
+    x.sub_(med)
+    dev = x.abs()
+    # torch's median of dev (the lower middle, index (n - 1) // 2 in order) found by numpy's
+    # in-place selection: no copy of dev (torch.median copies its input)
+    if dev.device.type == "cpu":
+        k = (dev.numel() - 1) // 2
+        dev.numpy().partition(k)
+        scale = 1.4826 * dev[k]
+    else:
+        scale = 1.4826 * dev.median()
     del dev
+    if not scale > 0:  # more than half the rows tie
+        scale = x.abs().mean()
     if not scale > 0:
         return torch.zeros_like(x)
-    return x.sub_(med).div_(scale)
+    return x.div_(scale)
 
 
 def robust_clip(x: Tensor, fence: float | None = None, upper_scale: float = 1.0) -> Tensor:
@@ -69,7 +81,11 @@ def robust_clip(x: Tensor, fence: float | None = None, upper_scale: float = 1.0)
     """
     fence = max(3.0, 0.5 * x.numel() ** 0.5) if fence is None else float(fence)
     z = robust_score(x).clamp_(-fence, fence)
-    return torch.where(z > 0, z * upper_scale, z).float()
+    out = torch.empty(z.shape, dtype=torch.float32, device=z.device)
+    for lo in range(0, z.numel(), _CHUNK):  # float64 temporaries of one chunk at a time
+        zc = z[lo : lo + _CHUNK]
+        out[lo : lo + _CHUNK] = torch.where(zc > 0, zc * upper_scale, zc)
+    return out
 
 
 def gate_low_cluster(scores: Tensor, allowed: Tensor) -> Tensor:
@@ -100,7 +116,9 @@ def gate_low_cluster(scores: Tensor, allowed: Tensor) -> Tensor:
         return scores
     spread = float(scores.max() - scores.min())
     gap = spread * math.sqrt(scores.numel()) + 1.0
-    return torch.where(low, scores - gap, scores)
+    out = scores.clone()
+    out[low] -= gap  # what torch.where(low, scores - gap, scores) gives, without a second copy
+    return out
 
 
 def check_calibration(calibration: str, fence: float | None, upper_scale: float) -> None:
