@@ -76,9 +76,10 @@ class DataValues:
         n = self.values.shape[0]
         # the 2-means flags first, while only the values exist (its sorted copy is the largest transient)
         flags = _two_means_flags(self.values) if self.flagged is None else None
-        self.index = np.arange(n, dtype=np.int64) if self.index is None else _to_numpy(self.index, np.int64)
-        if self.index.shape != (n,):
-            raise ValueError(f"`index` has shape {self.index.shape}; expected ({n},) to match `values`.")
+        if self._index is not None:  # None: the rows 0..N-1, made only when read (8 bytes per row)
+            self._index = _to_numpy(self._index, np.int64)
+            if self._index.shape != (n,):
+                raise ValueError(f"`index` has shape {self._index.shape}; expected ({n},) to match `values`.")
         if self.ids is not None:
             self.ids = np.asarray(self.ids)
             if self.ids.shape != (n,):
@@ -146,7 +147,7 @@ class DataValues:
         return DataValues(
             values=self.values[order],
             method=self.method,
-            index=self.index[order],
+            index=order.astype(np.int64) if self._index is None else self._index[order],
             ids=None if self.ids is None else self.ids[order],
             columns={k: v[order] for k, v in self.columns.items()},
             trajectory=None if self.trajectory is None else self.trajectory[:, order],
@@ -156,18 +157,18 @@ class DataValues:
         )
 
     def lowest(self, k: int = 10) -> DataValues:
-        """The ``k`` least valuable rows (most suspicious first)."""
-        order = np.argsort(self.values, kind="stable")[: max(int(k), 0)]
-        return self._take(order)
+        """The ``k`` least valuable rows (most suspicious first; ties in row order)."""
+        return self._take(_first_k(self.values, max(int(k), 0)))
 
     def highest(self, k: int = 10) -> DataValues:
-        """The ``k`` most valuable rows (most valuable first)."""
-        order = np.argsort(-self.values, kind="stable")[: max(int(k), 0)]
-        return self._take(order)
+        """The ``k`` most valuable rows (most valuable first; ties in row order)."""
+        return self._take(_first_k(self.values, max(int(k), 0), negate=True))
 
     def sorted_by_row(self) -> DataValues:
         """The same values ordered by dataset row index."""
-        return self._take(np.argsort(self.index, kind="stable"))
+        if self._index is None:
+            return self._take(np.arange(len(self)))
+        return self._take(np.argsort(self._index, kind="stable"))
 
     # -- conversion -------------------------------------------------------------------------
     def to_dict(self, trajectory: bool = True) -> dict[str, np.ndarray]:
@@ -242,6 +243,33 @@ class DataValues:
         return read_values(path)
 
 
+#: Rows per chunk of :func:`_first_k`.
+_CHUNK = 1 << 16
+
+
+def _first_k(values: np.ndarray, k: int, negate: bool = False) -> np.ndarray:
+    """``np.argsort(values, kind="stable")[:k]`` (of ``-values`` with ``negate``) in ``O(chunk + k)`` memory.
+
+    Each chunk's ``k`` first positions join the ``k`` best so far, which are re-ranked by
+    ``(value, position)``: the stable sort's order, ties by position, NaN last.
+
+    Example:
+        >>> _first_k(np.array([3.0, 1.0, 2.0, 1.0]), 3).tolist()
+        [1, 3, 2]
+    """
+    n = values.shape[0]
+    if k >= n:
+        return np.argsort(-values if negate else values, kind="stable")
+    best = np.zeros(0, dtype=np.intp)
+    for lo in range(0, n, _CHUNK):
+        chunk = values[lo : lo + _CHUNK]
+        chunk = -chunk if negate else chunk
+        cand = np.concatenate([best, lo + np.argsort(chunk, kind="stable")[:k]])
+        keys = -values[cand] if negate else values[cand]
+        best = cand[np.lexsort((cand, keys))[:k]]
+    return best
+
+
 def _import_pandas():
     try:
         import pandas as pd
@@ -261,3 +289,15 @@ def _two_means_flags(values: np.ndarray) -> np.ndarray:
     if finite.sum() >= 2:
         flags[finite] = two_means_split(values[finite]).numpy()
     return flags
+
+
+def _get_index(self: DataValues) -> np.ndarray:
+    """Dataset row index of each value (``0..N-1`` unless given)."""
+    return np.arange(len(self.values), dtype=np.int64) if self._index is None else self._index
+
+
+def _set_index(self: DataValues, index: Any) -> None:
+    self._index = index
+
+
+DataValues.index = property(_get_index, _set_index)  # a dataclass field read through a property

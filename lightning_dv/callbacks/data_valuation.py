@@ -259,8 +259,7 @@ class DataValuation(Callback):
         if self._visits is None or self._visits.synced.numel() != self.num_samples:
             self._visits = VisitCounter(self.num_samples, pl_module.device)
         else:
-            self._visits.synced = self._visits.synced.to(pl_module.device)
-            self._visits.local = self._visits.local.to(pl_module.device)
+            self._visits.to(pl_module.device)
         self._labels = RowLabels(self.num_samples, pl_module.device)
         if self._stashed is not None:
             self._apply_state(self._stashed)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_dv.distributed import all_reduce_sum
+from lightning_dv.distributed import all_reduce_sum, is_distributed
 
 
 def _rows_text(rows: list[int], limit: int = 20) -> str:
@@ -214,8 +214,9 @@ def check_finite_values(values: Tensor, what: str) -> None:
 class VisitCounter:
     """How often each row was valued (one ``valuation_loss`` entry = one visit), int32 per row.
 
-    Counts are local to a rank between :meth:`sync` calls (no collective per step) and summed over
-    ranks at every epoch end. Rows repeated by a ``DistributedSampler``'s padding count twice.
+    Under DDP, counts are local to a rank between :meth:`sync` calls (no collective per step) and
+    summed over ranks at every epoch end; a single process counts straight into the synced
+    counts (4 bytes per row, not 8). Rows repeated by a ``DistributedSampler``'s padding count twice.
 
     Example:
         >>> c = VisitCounter(4)
@@ -224,22 +225,36 @@ class VisitCounter:
         [1, 0, 2, 0]
     """
 
-    def __init__(self, num_samples: int, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self, num_samples: int, device: torch.device | str = "cpu", distributed: bool | None = None
+    ) -> None:
+        distributed = is_distributed() if distributed is None else distributed
         self.synced = torch.zeros(num_samples, dtype=torch.int32, device=device)
-        self.local = torch.zeros(num_samples, dtype=torch.int32, device=device)
+        self.local = torch.zeros_like(self.synced) if distributed else None
         self.calls = 0  # valuation_loss calls in training on this rank (host-side, no sync)
 
+    def to(self, device: torch.device | str) -> VisitCounter:
+        """Move to ``device`` for a new fit (with the local counts a distributed fit needs)."""
+        self.synced = self.synced.to(device)
+        if self.local is not None or is_distributed():
+            self.local = torch.zeros_like(self.synced) if self.local is None else self.local.to(device)
+        return self
+
     def add(self, idx: Tensor) -> None:
-        self.local.index_add_(0, idx.to(self.local.device), torch.ones_like(idx, dtype=torch.int32))
+        counts = self.synced if self.local is None else self.local
+        counts.index_add_(0, idx.to(counts.device), torch.ones_like(idx, dtype=torch.int32))
         self.calls += 1
 
     def sync(self) -> None:
         """Sum the counts since the last sync over ranks (collective under DDP)."""
+        if self.local is None:
+            return
         self.synced += all_reduce_sum(self.local, inplace=True)  # local is cleared next
         self.local.zero_()
 
     def total(self) -> Tensor:
-        return self.synced + self.local
+        """The counts so far (a new tensor)."""
+        return self.synced.clone() if self.local is None else self.synced + self.local
 
     def state_dict(self) -> dict[str, Any]:
         return {"visits": self.total().cpu(), "calls": self.calls}
@@ -248,7 +263,8 @@ class VisitCounter:
         visits = sd.get("visits")
         if visits is not None and visits.shape == self.synced.shape:
             self.synced.copy_(visits.to(self.synced.device, torch.int32))
-            self.local.zero_()
+            if self.local is not None:
+                self.local.zero_()
         self.calls = int(sd.get("calls", self.calls))
 
 
