@@ -360,10 +360,12 @@ class DataValuation(Callback):
         epoch = trainer.current_epoch
         if (epoch + 1) % self.log_every_n_epochs == 0 and not trainer.sanity_checking:
             log_values(trainer, values, step=epoch, prefix=self.prefix, noisy=self._noisy_mask)
-            labels = None if self._labels is None else self._labels.merged()
+            # only for a logger (the same loggers on every rank: merged() is a collective)
+            labels = None if self._labels is None or not trainer.loggers else self._labels.merged()
             if labels is not None and trainer.is_global_zero:
+                scalars = per_class_scalars(values, labels, self.prefix)
                 for logger in trainer.loggers:
-                    logger.log_metrics(per_class_scalars(values, labels, self.prefix), step=epoch)
+                    logger.log_metrics(scalars, step=epoch)
         n = self.log_lowest_every_n_epochs
         if n is not None and (epoch + 1) % n == 0 and not trainer.sanity_checking:
             values_now = self._build_values(pl_module)
@@ -389,7 +391,7 @@ class DataValuation(Callback):
     def _check_something_valued(self, trainer: pl.Trainer, at_fit_end: bool) -> None:
         """Sum the visits over ranks (collective); warn at an epoch end, fail at fit end, when none."""
         self._visits.sync()
-        if int(self._visits.synced.sum()) > 0:
+        if int(self._visits.synced.max()) > 0:  # counts are >= 0; a sum would first copy them as int64
             return
         ran = trainer.fit_loop.epoch_loop.batch_progress.total.completed > 0
         message = NO_CALL_MESSAGE if ran else NO_BATCH_MESSAGE

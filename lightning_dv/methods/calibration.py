@@ -34,6 +34,35 @@ CALIBRATIONS = ("robust", "none")
 _CHUNK = 1 << 16
 
 
+def _center_scale(x: Tensor) -> tuple[Tensor, Tensor]:
+    """``(median, 1.4826 MAD)`` of ``x`` as float64 0-d tensors (the mean absolute deviation if MAD is 0).
+
+    Memory: one float64 copy of ``x`` (the absolute deviations, selected in place).
+    """
+    # The median of a float input is the same number in its own dtype: no float64 copy to select in.
+    med = (x if x.is_floating_point() else x.double()).median().to(torch.float64)
+    if bool(torch.isnan(med)):  # a NaN row: no score (a NaN scale)
+        return med, med
+    dev = x.to(torch.float64, copy=True).sub_(med).abs_()
+    if dev.device.type == "cpu":
+        # torch's median (the lower middle, index (n - 1) // 2 in order) by numpy's in-place
+        # selection: torch.median would copy dev first
+        k = (dev.numel() - 1) // 2
+        dev.numpy().partition(k)
+        scale = 1.4826 * dev[k]
+    else:
+        scale = 1.4826 * dev.median()
+    if not scale > 0:  # more than half the rows tie
+        del dev
+        scale = x.to(torch.float64, copy=True).sub_(med).abs_().mean()
+    return med, scale
+
+
+def _scores(x: Tensor, med: Tensor, scale: Tensor, lo: int, hi: int) -> Tensor:
+    """The robust score of rows ``lo:hi`` (float64)."""
+    return x[lo:hi].to(torch.float64, copy=True).sub_(med).div_(scale)
+
+
 def robust_score(x: Tensor) -> Tensor:
     """Median/MAD standard score ``(x - median) / (1.4826 MAD)`` (the mean absolute deviation if MAD is 0).
 
@@ -41,27 +70,10 @@ def robust_score(x: Tensor) -> Tensor:
         >>> robust_score(torch.tensor([1.0, 2.0, 3.0, 100.0])).round(decimals=2).tolist()
         [-0.67, 0.0, 0.67, 66.1]
     """
-    # The median of a float input is the same number in its own dtype: no float64 copy to select in.
-    med = (x if x.is_floating_point() else x.double()).median().to(torch.float64)
-    x = x.to(torch.float64, copy=True)  # a copy: the score is computed in place on it
-    if bool(torch.isnan(med)):  # a NaN row: the score is undefined, as below (NaN scale)
-        return torch.zeros_like(x)
-    x.sub_(med)
-    dev = x.abs()
-    # torch's median of dev (the lower middle, index (n - 1) // 2 in order) found by numpy's
-    # in-place selection: no copy of dev (torch.median copies its input)
-    if dev.device.type == "cpu":
-        k = (dev.numel() - 1) // 2
-        dev.numpy().partition(k)
-        scale = 1.4826 * dev[k]
-    else:
-        scale = 1.4826 * dev.median()
-    del dev
-    if not scale > 0:  # more than half the rows tie
-        scale = x.abs().mean()
+    med, scale = _center_scale(x)
     if not scale > 0:
-        return torch.zeros_like(x)
-    return x.div_(scale)
+        return torch.zeros(x.shape, dtype=torch.float64, device=x.device)
+    return _scores(x, med, scale, 0, x.shape[0])
 
 
 def robust_clip(x: Tensor, fence: float | None = None, upper_scale: float = 1.0) -> Tensor:
@@ -71,7 +83,8 @@ def robust_clip(x: Tensor, fence: float | None = None, upper_scale: float = 1.0)
     2-means cluster only when ``d^2 > (2 / pi) n s^2``, i.e. ``d > ~0.8 sqrt(n) s``. The default
     fence ``max(3, 0.5 sqrt(n))`` robust standard deviations stays below that, whatever the tail.
     ``upper_scale < 1`` then compresses the scores above the median (strictly monotone, so the
-    order of the rows, hence AUROC and any ranking, is unchanged).
+    order of the rows, hence AUROC and any ranking, is unchanged). Computed in float64, returned
+    in float32, a chunk of rows at a time (the float64 scores are never held for all rows).
 
     Example:
         >>> v = torch.cat([torch.linspace(-1, 1, 99), torch.tensor([1e6])])
@@ -80,11 +93,13 @@ def robust_clip(x: Tensor, fence: float | None = None, upper_scale: float = 1.0)
         True
     """
     fence = max(3.0, 0.5 * x.numel() ** 0.5) if fence is None else float(fence)
-    z = robust_score(x).clamp_(-fence, fence)
-    out = torch.empty(z.shape, dtype=torch.float32, device=z.device)
-    for lo in range(0, z.numel(), _CHUNK):  # float64 temporaries of one chunk at a time
-        zc = z[lo : lo + _CHUNK]
-        out[lo : lo + _CHUNK] = torch.where(zc > 0, zc * upper_scale, zc)
+    med, scale = _center_scale(x)
+    out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+    if not scale > 0:
+        return out
+    for lo in range(0, x.shape[0], _CHUNK):
+        z = _scores(x, med, scale, lo, lo + _CHUNK).clamp_(-fence, fence)
+        out[lo : lo + _CHUNK] = torch.where(z > 0, z * upper_scale, z)
     return out
 
 

@@ -131,11 +131,14 @@ def state_costate_value(probs: Tensor, target: Tensor, weight: Tensor) -> Tensor
     return -(probs * costate).mean(dim=1)
 
 
-def marginal_calibration(raw: Tensor) -> Tensor:
-    """The paper's calibration ``phi_i = v_i - (1 / (N - 1)) sum_{j != i} v_j``."""
+def marginal_calibration(raw: Tensor, inplace: bool = False) -> Tensor:
+    """The paper's calibration ``phi_i = v_i - (1 / (N - 1)) sum_{j != i} v_j`` (``inplace``: in ``raw``)."""
     n = raw.numel()
     if n < 2:
-        return raw.clone()
+        return raw if inplace else raw.clone()
+    if inplace:  # the same two roundings per row, without a second N-vector
+        others = raw.sum() / (n - 1)
+        return raw.mul_(1 + 1 / (n - 1)).sub_(others)
     return raw * (1 + 1 / (n - 1)) - raw.sum() / (n - 1)
 
 

@@ -277,7 +277,7 @@ class NDDV(MetaWeighting, ValuationObjective):
         seen = state.seen.detach() > 0
         raw = self.raw_values(state)
         if bool(seen.all()):  # the usual case after an epoch: no masked copies of N rows
-            return marginal_calibration(raw)
+            return marginal_calibration(raw, inplace=True)  # raw is a fresh tensor
         out = torch.zeros_like(raw)
         if bool(seen.any()):
             out[seen] = marginal_calibration(raw[seen])
