@@ -198,3 +198,25 @@ def test_aum_gate_flags_only_rows_whose_label_loses_and_rejects_bad_gates():
     assert np.array_equal(gated.flagged, flags)  # DataValues' own flag is the gated decision
     with pytest.raises(ValueError, match="gate"):
         AUM(gate="zero")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_robust_clip_and_score_equal_the_plain_float64_formula(dtype, monkeypatch):
+    """Bit for bit what the formula gives on a float64 copy (median by torch), across chunks."""
+    import lightning_dv.methods.calibration as calibration
+    from lightning_dv.methods.calibration import robust_score
+
+    monkeypatch.setattr(calibration, "_CHUNK", 7)
+    g = torch.Generator().manual_seed(0)
+    for x in (torch.randn(101, generator=g).exp(), torch.randint(-2, 3, (50,)).float(), torch.zeros(9)):
+        x = x.to(dtype)
+        x64 = x.double()
+        med = x64.median()
+        dev = (x64 - med).abs()
+        scale = 1.4826 * dev.median()
+        scale = scale if scale > 0 else dev.mean()
+        z = torch.zeros_like(x64) if not scale > 0 else (x64 - med) / scale
+        assert torch.equal(robust_score(x), z)
+        fence = max(3.0, 0.5 * x.numel() ** 0.5)
+        zc = z.clamp(-fence, fence)
+        assert torch.equal(robust_clip(x, upper_scale=0.1), torch.where(zc > 0, zc * 0.1, zc).float())

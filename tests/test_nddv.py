@@ -413,3 +413,20 @@ def test_weighted_loss_node_has_the_gradients_of_the_plain_expression():
     for a, b in zip(torch.autograd.grad(fused, (w, loss, p)), torch.autograd.grad(plain, (w, loss, p))):
         torch.testing.assert_close(a, b)
     torch.testing.assert_close(fused, plain)
+
+
+def test_weight_column_read_in_chunks_equals_all_weights_in_row_sparse_mode():
+    """NDDV's export reads the softplus weights a chunk of rows at a time: the same numbers as
+    ``SampleWeights.all()``, momentum tails of recently touched rows included."""
+    from lightning_dv.methods.nddv.objective import read_weights
+    from lightning_dv.methods.weights import SampleWeights, exchange_row_gradients
+
+    g = torch.Generator().manual_seed(0)
+    w = SampleWeights(20_000, constraint="softplus")  # above dense_below: row-sparse Adam
+    assert not w.dense
+    for _ in range(200):
+        idx = torch.randint(0, 20_000, (32,), generator=g)
+        (w(idx) * torch.randn(32, generator=g)).sum().backward()
+        w.adam_step(*exchange_row_gradients(*w.take_gradients()))
+    for chunk in (1 << 16, 4096):
+        assert torch.equal(read_weights(w, chunk), w.all())

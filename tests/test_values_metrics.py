@@ -147,3 +147,49 @@ def test_two_means_split_across_chunks_equals_the_exhaustive_minimum(monkeypatch
         k = int(np.argmin(sse)) + 1  # size of the low cluster
         low = two_means_split(values).numpy()
         assert low.sum() == k and values[low].max() <= values[~low].min()
+
+
+def test_two_means_split_ties_at_the_cut_go_low_in_row_order_and_float32_sorts_as_float64(monkeypatch):
+    """The mask equals the stable sort's first k rows (the reference below), across chunk boundaries."""
+    import lightning_dv.metrics as metrics
+
+    monkeypatch.setattr(metrics, "_CHUNK", 5)
+    rng = np.random.default_rng(0)
+    for values in (
+        np.array([0.0, 1.0, 1.0, 1.0, 5.0, 5.0, 1.0]),
+        np.round(rng.normal(size=60)),  # many ties, some at the cut
+        np.concatenate([rng.normal(0, 1, 30), [np.nan, np.nan]]),
+    ):
+        s = np.sort(values)
+        n = len(s)
+        c1, c2 = np.cumsum(s), np.cumsum(s**2)
+        k = np.arange(1, n)
+        sse = (c2[:-1] - c1[:-1] ** 2 / k) + ((c2[-1] - c2[:-1]) - (c1[-1] - c1[:-1]) ** 2 / (n - k))
+        expected = np.zeros(n, dtype=bool)
+        if not np.isnan(sse).all():
+            expected[np.argsort(values, kind="stable")[: int(np.nanargmin(sse)) + 1]] = True
+        got = two_means_split(values).numpy()
+        if not np.isnan(values).any():
+            assert np.array_equal(got, expected)
+        assert np.array_equal(
+            two_means_split(torch.tensor(values, dtype=torch.float32)), two_means_split(values)
+        )
+
+
+def test_lowest_highest_are_the_stable_sorts_first_rows_and_the_default_index_is_lazy(monkeypatch):
+    import lightning_dv.values as values_module
+
+    monkeypatch.setattr(values_module, "_CHUNK", 7)  # the top-k merges across many chunks
+    rng = np.random.default_rng(1)
+    v = np.round(rng.normal(size=100), 1)  # ties across chunks
+    v[[5, 50]] = np.nan
+    dv = DataValues(v, flagged=np.zeros(100, dtype=bool))
+    assert dv._index is None and dv.index.dtype == np.int64 and dv.index.tolist() == list(range(100))
+    for k in (0, 1, 9, 100, 150):
+        assert dv.lowest(k).index.tolist() == np.argsort(v, kind="stable")[:k].tolist()
+        assert dv.highest(k).index.tolist() == np.argsort(-v, kind="stable")[:k].tolist()
+    assert dv.sorted_by_row().index.tolist() == list(range(100))
+    given = DataValues([1.0, 0.0], index=[7, 3])
+    assert given.index.tolist() == [7, 3] and given.lowest(1).index.tolist() == [3]
+    with pytest.raises(ValueError, match="`index` has shape"):
+        DataValues([1.0, 0.0], index=[1])

@@ -305,13 +305,16 @@ def read_weights(weights: SampleWeights, chunk: int = 1 << 16) -> Tensor:
 
     Why: the rows touched in the last ``K`` steps need their pending momentum tail, a
     ``(rows, K)`` float64 computation; over all of them at once (``32 x 176`` rows at batch 32)
-    that is tens of MB at the export, per chunk of rows a few hundred kB.
+    that is tens of MB at the export, per chunk of rows a few hundred kB. ``chunk`` is a
+    multiple of 64 so every row takes the same (vectorised) softplus code path as in one call.
 
     Example:
         >>> w = SampleWeights(5, constraint="softplus")
-        >>> torch.equal(read_weights(w, chunk=2), w.all())
+        >>> torch.equal(read_weights(w, chunk=64), w.all())
         True
     """
+    if chunk % 64:
+        raise ValueError(f"`chunk` must be a multiple of 64 rows; got {chunk}.")
     n = weights.num_samples
     out = torch.empty(n, dtype=weights.raw.dtype, device=weights.raw.device)
     for lo in range(0, n, chunk):
