@@ -95,7 +95,7 @@ def write_values(dv: DataValues, path: Path, trajectory: bool = True) -> None:
     header = _header(dv, text_columns)
     suffix = path.suffix.lower()
     if suffix == ".npz":
-        arrays = {"row": dv.index, "value": dv.values, "flagged": dv.flagged}
+        arrays = {"row": data["row"], "value": dv.values, "flagged": dv.flagged}
         if dv.ids is not None:
             arrays["id"] = np.asarray(dv.ids).astype(str) if _is_text(np.asarray(dv.ids)) else dv.ids
         if dv.labels is not None:

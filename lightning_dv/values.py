@@ -178,7 +178,7 @@ class DataValues:
         The trajectory is in WIDE format: one column ``value_epoch_<e>`` per recorded epoch ``e``
         (1-based, the value at the end of that epoch).
         """
-        out: dict[str, np.ndarray] = {"row": self.index}
+        out: dict[str, np.ndarray] = {"row": _row_index(self)}
         if self.ids is not None:
             out["id"] = self.ids
         out["value"] = self.values
@@ -206,7 +206,7 @@ class DataValues:
             )
         pd = _import_pandas()
         e, n = self.trajectory.shape
-        data: dict[str, Any] = {"row": np.tile(self.index, e)}
+        data: dict[str, Any] = {"row": np.tile(_row_index(self), e)}
         if self.ids is not None:
             data["id"] = np.tile(self.ids, e)
         data["epoch"] = np.repeat(np.arange(1, e + 1), n)
@@ -291,9 +291,16 @@ def _two_means_flags(values: np.ndarray) -> np.ndarray:
     return flags
 
 
-def _get_index(self: DataValues) -> np.ndarray:
-    """Dataset row index of each value (``0..N-1`` unless given)."""
+def _row_index(self: DataValues) -> np.ndarray:
+    """The row index without keeping it: a fresh ``0..N-1`` while none was given or read."""
     return np.arange(len(self.values), dtype=np.int64) if self._index is None else self._index
+
+
+def _get_index(self: DataValues) -> np.ndarray:
+    """Dataset row index of each value (``0..N-1`` unless given); made and kept at the first read."""
+    if self._index is None:
+        self._index = _row_index(self)
+    return self._index
 
 
 def _set_index(self: DataValues, index: Any) -> None:

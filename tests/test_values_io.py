@@ -119,3 +119,12 @@ def test_binary_formats_check_the_promised_row_count(tmp_path, suffix):
         assert json.loads(pq.read_table(path).schema.metadata[b"lightning_dv"])["rows"] == 6
     with pytest.raises(DataValuesFileError, match="holds 4 rows but was written with 6"):
         DataValues.load(path)
+
+
+def test_default_index_is_made_at_first_read_and_kept():
+    dv = DataValues(values=np.array([0.3, -1.0, 2.0], dtype=np.float32))
+    first = dv.index
+    assert first.tolist() == [0, 1, 2] and first.dtype == np.int64
+    assert dv.index is first  # kept: no new array per read
+    dv.index[0] = 7  # and a write into it is not lost
+    assert dv.index.tolist() == [7, 1, 2]
