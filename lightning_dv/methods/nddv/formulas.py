@@ -87,12 +87,13 @@ def target_distribution(targets: Tensor, num_classes: int) -> Tensor:
     return F.one_hot(labels, num_classes).float()
 
 
-def target_labels(targets: Tensor, num_classes: int) -> Tensor:
+def target_labels(targets: Tensor, num_classes: int, check: bool = True) -> Tensor:
     """Integer class labels ``(B,)`` as they are (range-checked), soft labels as :func:`target_distribution`.
 
     The per-step form of :func:`target_distribution`: a one-hot matrix is never built for class
     indices (:func:`state_costate_value` gathers the label's probability instead), and the range
-    check costs one ``aminmax`` and one host read.
+    check costs one host read (``check=False``: the caller checks them later, for many steps at
+    once, with :func:`~lightning_dv._validation.check_class_labels`; the labels keep their dtype).
 
     Example:
         >>> target_labels(torch.tensor([2, 0]), 3).tolist()
@@ -100,6 +101,8 @@ def target_labels(targets: Tensor, num_classes: int) -> Tensor:
     """
     if not isinstance(targets, Tensor) or targets.is_floating_point():
         return target_distribution(targets, num_classes)
+    if not check:
+        return targets.reshape(-1)
     labels = targets.reshape(-1).long()
     check_class_labels(labels, num_classes)
     return labels

@@ -185,7 +185,7 @@ class NDDV(MetaWeighting, ValuationObjective):
             )
         per_sample = step.per_sample_loss
         probs = terminal_probabilities(step.outputs)
-        target = target_labels(step.targets, probs.shape[1]).to(probs.device)
+        target = target_labels(step.targets, probs.shape[1], check=False).to(probs.device)
         if target.shape[0] != probs.shape[0]:
             raise ValueError(
                 f"`targets` has {target.shape[0]} rows but `outputs` has {probs.shape[0]}; pass one label per row."
@@ -204,16 +204,8 @@ class NDDV(MetaWeighting, ValuationObjective):
             with torch.no_grad():
                 w = state.weight_net(per_sample.detach())
         self._batch_weights = (step.idx, w.detach())
-        with torch.no_grad():
-            wd = w.detach().float()
-            p = probs.detach()
-            value = state_costate_value(p, target, wd)
-            new = state.stats.update(step.idx, torch.stack([value, wd], dim=1))
-            # the mean field counts a row once per rank and epoch (its first record): weight 0 otherwise
-            first = wd * new
-            state.field.update(p, first)
-            for name, terminal in dynamics.items():
-                state.dynamics_field(name).update(terminal, first)
+        # values, per-row statistics and mean-field sums: applied every few dozen steps (NDDVState.record)
+        state.record(step.idx, probs.detach(), target, w.detach().float(), dynamics)
         wl = w.to(per_sample.dtype)
         if self.interaction == 0 or not probs.requires_grad:
             # Detached outputs (``model_loss="plain"`` / ``"reweight"``): the coupling has no
@@ -254,6 +246,7 @@ class NDDV(MetaWeighting, ValuationObjective):
     def sync(self, state: NDDVState, pl_module: nn.Module | None = None) -> None:
         """End the epoch on every rank: per-row statistics (each row once), the mean field, and the
         ``mean_field`` of every ControlledDynamicsNet in ``pl_module``. Collective under DDP."""
+        state.flush()
         state.stats.reduce()
         mu = state.field.reduce(state.mean_field.numel() or None)
         if mu is not None and state.mean_field.numel():

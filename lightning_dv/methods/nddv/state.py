@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from lightning_dv.distributed import RowStatistics, all_reduce_sum
+from lightning_dv._validation import check_class_labels
+from lightning_dv.distributed import PendingRecords, RowStatistics, all_reduce_sum
 from lightning_dv.methods.base import ValuationState
+from lightning_dv.methods.nddv.formulas import state_costate_value
 from lightning_dv.methods.nddv.meta import WeightNet
 from lightning_dv.methods.weights import SampleWeights
 
@@ -16,6 +18,14 @@ VALUE, WEIGHT = 0, 1
 
 def _frozen(t: Tensor) -> nn.Parameter:
     return nn.Parameter(t, requires_grad=False)
+
+
+def _flush_before_save(module: NDDVState, *_: object) -> None:
+    module.flush()
+
+
+def _clear_before_load(module: NDDVState, *_: object) -> None:
+    module._pending.clear()  # records of the state being replaced
 
 
 class WeightedMean(nn.Module):
@@ -88,6 +98,48 @@ class NDDVState(ValuationState):
         self.field = WeightedMean()
         self.dynamics = nn.ModuleDict()
         self.meta_steps = _frozen(torch.zeros(()))
+        self._pending = PendingRecords()
+        self._pending_key: tuple = ()
+        self.register_state_dict_pre_hook(_flush_before_save)  # module-level functions: picklable
+        self._register_load_state_dict_pre_hook(_clear_before_load, with_module=True)
+
+    # -- the per-step records, applied every few dozen steps ------------------------------------
+    @torch.no_grad()
+    def record(
+        self, rows: Tensor, probs: Tensor, target: Tensor, weight: Tensor, dynamics: dict[str, Tensor]
+    ) -> None:
+        """Hold one step's records: rows, terminal states ``(B, K)``, labels, weights, dynamics states.
+
+        Applied (:meth:`flush`) every few dozen steps and before any read of the per-row statistics
+        or the epoch's weighted sums (epoch end, ``state_dict``): the value ``v_i``, the statistics
+        and the mean-field sums are then computed for all held rows at once, equal to the per-step
+        updates up to the float rounding of the sums. Integer labels are range-checked there (the
+        first step is applied at once, so wrong labels fail on it). The tensors are held by
+        reference: fresh per step and never modified in place.
+        """
+        key = (tuple(dynamics), target.ndim, probs.shape[1])
+        if key != self._pending_key:
+            self.flush()
+            self._pending_key = key
+        if self._pending.add(rows, probs, target, weight, *dynamics.values()):
+            self.flush()
+
+    @torch.no_grad()
+    def flush(self) -> None:
+        """Apply the held records (see :meth:`record`); the mean fields count a row's first record per epoch."""
+        taken = self._pending.take(with_step=True)
+        if taken is None:
+            return
+        rows, probs, target, weight, *terminals, step = taken
+        if target.ndim == 1:
+            target = target.long()
+            check_class_labels(target, probs.shape[1])
+        value = state_costate_value(probs, target, weight)
+        new = self.stats.update(rows, torch.stack([value, weight], dim=1), step=step)
+        first = weight * new  # weight 0 for a row's later records in the epoch
+        self.field.update(probs, first)
+        for name, terminal in zip(self._pending_key[0], terminals):
+            self.dynamics_field(name).update(terminal, first)
 
     # read-only views of the statistics, by name
     @property
