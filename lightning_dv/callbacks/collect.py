@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from lightning_dv.data import IndexedDataset
-from lightning_dv.distributed import all_reduce_max, gather_rows, is_distributed
+from lightning_dv.distributed import PendingRecords, all_reduce_max, gather_rows, is_distributed
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -136,8 +136,11 @@ def collect_training_rows(
 class RowLabels:
     """The integer class label of every training row, recorded from the steps' ``targets`` during fit.
 
-    Rows not seen yet hold ``-1``. Recording is one scatter on the device per step (no host sync);
-    :meth:`merged` combines the ranks' records with one all-reduce (max, as every label is >= 0).
+    Rows not seen yet hold ``-1``. Each step's labels are held and written with one scatter every
+    few dozen steps and before :meth:`merged` (:class:`~lightning_dv.distributed.PendingRecords`;
+    a row's label is the same in every step, so the order of the writes does not matter; no
+    host sync); :meth:`merged` combines the ranks' records with one all-reduce (max, as every
+    label is >= 0).
 
     Example:
         >>> labels = RowLabels(4, torch.device("cpu"))
@@ -148,14 +151,25 @@ class RowLabels:
 
     def __init__(self, num_rows: int, device: torch.device) -> None:
         self.labels = torch.full((num_rows,), -1, dtype=torch.int32, device=device)  # 4 bytes per row
+        self._pending = PendingRecords()
 
     def record(self, idx: Tensor, targets: object) -> None:
         """Keep ``targets`` when they are one integer class label per row of ``idx`` (else ignore them)."""
         if isinstance(targets, Tensor) and targets.ndim == 1 and targets.shape == idx.shape:
-            if not targets.is_floating_point():
-                self.labels.index_copy_(0, idx, targets.detach().to(self.labels.device, torch.int32))
+            if not targets.is_floating_point() and self._pending.add(idx, targets.detach()):
+                self.flush()
+
+    def flush(self) -> None:
+        """Write the held labels into ``labels``."""
+        taken = self._pending.take()
+        if taken is not None:
+            rows, targets = taken
+            self.labels.index_copy_(
+                0, rows.to(self.labels.device), targets.to(self.labels.device, torch.int32)
+            )
 
     def merged(self, sync: bool = True) -> Tensor | None:
         """Labels on CPU, merged over ranks (``sync``: a collective every rank must call), or None if none."""
+        self.flush()
         labels = (all_reduce_max(self.labels) if sync and is_distributed() else self.labels).cpu().long()
         return labels if bool((labels >= 0).any()) else None

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_dv.distributed import all_reduce_sum, is_distributed
+from lightning_dv.distributed import PendingRecords, all_reduce_sum, is_distributed
 
 
 def _rows_text(rows: list[int], limit: int = 20) -> str:
@@ -217,6 +217,8 @@ class VisitCounter:
     Under DDP, counts are local to a rank between :meth:`sync` calls (no collective per step) and
     summed over ranks at every epoch end; a single process counts straight into the synced
     counts (4 bytes per row, not 8). Rows repeated by a ``DistributedSampler``'s padding count twice.
+    Each step's rows are held and counted every few dozen steps and before any read
+    (:class:`~lightning_dv.distributed.PendingRecords`).
 
     Example:
         >>> c = VisitCounter(4)
@@ -232,21 +234,32 @@ class VisitCounter:
         self.synced = torch.zeros(num_samples, dtype=torch.int32, device=device)
         self.local = torch.zeros_like(self.synced) if distributed else None
         self.calls = 0  # valuation_loss calls in training on this rank (host-side, no sync)
+        self._pending = PendingRecords()
 
     def to(self, device: torch.device | str) -> VisitCounter:
         """Move to ``device`` for a new fit (with the local counts a distributed fit needs)."""
+        self.flush()
         self.synced = self.synced.to(device)
         if self.local is not None or is_distributed():
             self.local = torch.zeros_like(self.synced) if self.local is None else self.local.to(device)
         return self
 
     def add(self, idx: Tensor) -> None:
-        counts = self.synced if self.local is None else self.local
-        counts.index_add_(0, idx.to(counts.device), torch.ones_like(idx, dtype=torch.int32))
+        if self._pending.add(idx):
+            self.flush()
         self.calls += 1
+
+    def flush(self) -> None:
+        """Count the held rows (into the local counts under DDP, else the synced ones)."""
+        taken = self._pending.take()
+        if taken is not None:
+            counts = self.synced if self.local is None else self.local
+            rows = taken[0].to(counts.device)
+            counts.index_add_(0, rows, torch.ones_like(rows, dtype=torch.int32))
 
     def sync(self) -> None:
         """Sum the counts since the last sync over ranks (collective under DDP)."""
+        self.flush()
         if self.local is None:
             return
         self.synced += all_reduce_sum(self.local, inplace=True)  # local is cleared next
@@ -254,6 +267,7 @@ class VisitCounter:
 
     def total(self) -> Tensor:
         """The counts so far (a new tensor)."""
+        self.flush()
         return self.synced.clone() if self.local is None else self.synced + self.local
 
     def state_dict(self) -> dict[str, Any]:
@@ -262,6 +276,7 @@ class VisitCounter:
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         visits = sd.get("visits")
         if visits is not None and visits.shape == self.synced.shape:
+            self._pending.clear()
             self.synced.copy_(visits.to(self.synced.device, torch.int32))
             if self.local is not None:
                 self.local.zero_()
