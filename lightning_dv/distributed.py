@@ -284,7 +284,7 @@ class PendingRecords:
         True
     """
 
-    def __init__(self, steps: int = 32, rows: int = 4096) -> None:
+    def __init__(self, steps: int = 64, rows: int = 4096) -> None:
         if steps < 1 or rows < 1:
             raise ValueError(f"`steps` and `rows` must be positive; got {steps} and {rows}.")
         self.steps, self.rows = int(steps), int(rows)
@@ -315,8 +315,16 @@ class PendingRecords:
             return None
         columns = tuple(c[0] if len(records) == 1 else torch.cat(c) for c in zip(*records))
         if with_step:
-            sizes = torch.tensor([r[0].shape[0] for r in records], device=columns[0].device)
-            step = torch.repeat_interleave(torch.arange(len(records), device=sizes.device), sizes)
+            sizes = [r[0].shape[0] for r in records]
+            device = columns[0].device
+            if min(sizes) == max(sizes):  # the usual case: batches of one size
+                step = torch.arange(len(columns[0]), device=device).div_(
+                    max(sizes[0], 1), rounding_mode="floor"
+                )
+            else:
+                step = torch.repeat_interleave(
+                    torch.arange(len(records), device=device), torch.tensor(sizes, device=device)
+                )
             columns = (*columns, step)
         return columns
 
