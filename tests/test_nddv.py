@@ -430,3 +430,52 @@ def test_weight_column_read_in_chunks_equals_all_weights_in_row_sparse_mode():
         w.adam_step(*exchange_row_gradients(*w.take_gradients()))
     for chunk in (1 << 16, 4096):
         assert torch.equal(read_weights(w, chunk), w.all())
+
+
+def _step_by_step(state, records):
+    """The per-step reference: value, statistics and mean-field sums applied at every step."""
+    from lightning_dv.methods.nddv.formulas import state_costate_value
+
+    for rows, probs, target, weight, terminal in records:
+        value = state_costate_value(probs, target, weight)
+        new = state.stats.update(rows, torch.stack([value, weight], dim=1))
+        state.field.update(probs, weight * new)
+        state.dynamics_field("net").update(terminal, weight * new)
+
+
+def test_held_records_equal_step_by_step_updates():
+    from lightning_dv.methods.nddv.state import NDDVState
+
+    g = torch.Generator().manual_seed(0)
+    n, k = 12, 3
+    records = []
+    for size in [5] * 9 + [3, 5]:  # rows repeat across steps; one batch repeats a row; unequal sizes
+        rows = torch.randint(0, n, (size,), generator=g)
+        if len(records) == 4:
+            rows[1] = rows[0]  # both records of a row within one step count as its first
+        probs = torch.softmax(torch.randn(size, k, generator=g), 1)
+        records.append((rows, probs, torch.randint(0, k, (size,), generator=g), torch.rand(size, generator=g),
+                        torch.randn(size, 4, generator=g)))  # fmt: skip
+    reference, held = NDDVState(n, "softplus", 4), NDDVState(n, "softplus", 4)
+    _step_by_step(reference, records)
+    for rows, probs, target, weight, terminal in records:
+        held.record(rows, probs, target, weight, {"net": terminal})
+    assert len(held._pending) == len(records) - 1  # the first record is applied at once, the rest held
+    mid_epoch = held.state_dict()  # a checkpoint applies the held records first
+    assert len(held._pending) == 0
+    for key, expected in reference.state_dict().items():
+        torch.testing.assert_close(mid_epoch[key], expected, rtol=1e-6, atol=1e-6, msg=key)
+    assert torch.equal(mid_epoch["stats.count"], reference.stats.count)  # counts exactly
+
+
+def test_held_labels_out_of_range_fail_when_applied():
+    from lightning_dv.methods.nddv.state import NDDVState
+
+    state = NDDVState(4, "softplus", 4)
+    probs = torch.full((2, 2), 0.5)
+    with pytest.raises(ValueError, match="labels must lie in"):  # the first step is applied at once
+        state.record(torch.tensor([0, 1]), probs, torch.tensor([0, 2]), torch.ones(2), {})
+    state.record(torch.tensor([0, 1]), probs, torch.tensor([0, 1]), torch.ones(2), {})
+    state.record(torch.tensor([2, 3]), probs, torch.tensor([5, 1]), torch.ones(2), {})  # held
+    with pytest.raises(ValueError, match=r"got \[0, 5\]"):
+        state.flush()
