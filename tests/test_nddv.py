@@ -436,7 +436,8 @@ def _step_by_step(state, records):
     """The per-step reference: value, statistics and mean-field sums applied at every step."""
     from lightning_dv.methods.nddv.formulas import state_costate_value
 
-    for rows, probs, target, weight, terminal in records:
+    for rows, logits, target, weight, terminal in records:
+        probs = terminal_probabilities(logits)
         value = state_costate_value(probs, target, weight)
         new = state.stats.update(rows, torch.stack([value, weight], dim=1))
         state.field.update(probs, weight * new)
@@ -453,13 +454,13 @@ def test_held_records_equal_step_by_step_updates():
         rows = torch.randint(0, n, (size,), generator=g)
         if len(records) == 4:
             rows[1] = rows[0]  # both records of a row within one step count as its first
-        probs = torch.softmax(torch.randn(size, k, generator=g), 1)
-        records.append((rows, probs, torch.randint(0, k, (size,), generator=g), torch.rand(size, generator=g),
+        logits = torch.randn(size, k, generator=g)
+        records.append((rows, logits, torch.randint(0, k, (size,), generator=g), torch.rand(size, generator=g),
                         torch.randn(size, 4, generator=g)))  # fmt: skip
     reference, held = NDDVState(n, "softplus", 4), NDDVState(n, "softplus", 4)
     _step_by_step(reference, records)
-    for rows, probs, target, weight, terminal in records:
-        held.record(rows, probs, target, weight, {"net": terminal})
+    for rows, logits, target, weight, terminal in records:
+        held.record(rows, logits, target, weight, {"net": terminal})
     assert len(held._pending) == len(records) - 1  # the first record is applied at once, the rest held
     mid_epoch = held.state_dict()  # a checkpoint applies the held records first
     assert len(held._pending) == 0

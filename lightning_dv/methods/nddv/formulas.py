@@ -31,6 +31,7 @@ __all__ = [
     "target_distribution",
     "target_labels",
     "terminal_probabilities",
+    "terminal_width",
     "weighted_loss",
 ]
 
@@ -46,15 +47,27 @@ def terminal_probabilities(outputs: Tensor) -> Tensor:
         [0.25, 0.25, 0.25, 0.25]
     """
     z = outputs.float()
-    if z.ndim == 1 or (z.ndim == 2 and z.shape[1] == 1):
+    if terminal_width(z) == 2 and (z.ndim == 1 or z.shape[1] == 1):
         s = torch.sigmoid(z.reshape(-1))
         return torch.stack([1 - s, s], dim=1)
-    if z.ndim != 2:
+    return torch.softmax(z, dim=1)
+
+
+def terminal_width(outputs: Tensor) -> int:
+    """The number of classes ``K`` of the terminal state of ``outputs`` (shape check only, no arithmetic).
+
+    Example:
+        >>> terminal_width(torch.zeros(5)), terminal_width(torch.zeros(5, 1)), terminal_width(torch.zeros(5, 4))
+        (2, 2, 4)
+    """
+    if outputs.ndim == 1 or (outputs.ndim == 2 and outputs.shape[1] == 1):
+        return 2
+    if outputs.ndim != 2:
         raise ValueError(
-            f"NDDV needs outputs of shape (batch, classes); got {tuple(z.shape)}. Flatten per-position "
+            f"NDDV needs outputs of shape (batch, classes); got {tuple(outputs.shape)}. Flatten per-position "
             "outputs into rows, or pass the per-row logits."
         )
-    return torch.softmax(z, dim=1)
+    return outputs.shape[1]
 
 
 def target_distribution(targets: Tensor, num_classes: int) -> Tensor:

@@ -34,6 +34,7 @@ from lightning_dv.methods.nddv.formulas import (
     state_costate_value,
     target_labels,
     terminal_probabilities,
+    terminal_width,
     weighted_loss,
 )
 from lightning_dv.methods.nddv.meta import EPS, MetaWeighting, default_meta_loss, meta_tensors
@@ -184,17 +185,16 @@ class NDDV(MetaWeighting, ValuationObjective):
                 "`self.valuation_loss(per_sample, idx, outputs=logits, targets=y)`."
             )
         per_sample = step.per_sample_loss
-        probs = terminal_probabilities(step.outputs)
-        target = target_labels(step.targets, probs.shape[1], check=False).to(probs.device)
-        if target.shape[0] != probs.shape[0]:
+        outputs = step.outputs
+        k = terminal_width(outputs)
+        target = target_labels(step.targets, k, check=False).to(outputs.device)
+        if target.shape[0] != outputs.shape[0]:
             raise ValueError(
-                f"`targets` has {target.shape[0]} rows but `outputs` has {probs.shape[0]}; pass one label per row."
+                f"`targets` has {target.shape[0]} rows but `outputs` has {outputs.shape[0]}; pass one label per row."
             )
-        if state.mean_field.numel() != probs.shape[1]:
+        if state.mean_field.numel() != k:
             # Before the first epoch end: the uniform distribution (the max-entropy terminal state).
-            state.mean_field = _frozen(
-                torch.full((probs.shape[1],), 1.0 / probs.shape[1], device=probs.device)
-            )
+            state.mean_field = _frozen(torch.full((k,), 1.0 / k, device=outputs.device))
         dynamics = self._dynamics_states(step)
         if self.weighting == "softplus":
             w = state.weights(step.idx)
@@ -204,13 +204,15 @@ class NDDV(MetaWeighting, ValuationObjective):
             with torch.no_grad():
                 w = state.weight_net(per_sample.detach())
         self._batch_weights = (step.idx, w.detach())
-        # values, per-row statistics and mean-field sums: applied every few dozen steps (NDDVState.record)
-        state.record(step.idx, probs.detach(), target, w.detach().float(), dynamics)
+        # terminal states, values, per-row statistics and mean-field sums: computed for the
+        # records of a few dozen steps at once (NDDVState.record)
+        state.record(step.idx, outputs.detach(), target, w.detach().float(), dynamics)
         wl = w.to(per_sample.dtype)
-        if self.interaction == 0 or not probs.requires_grad:
+        if self.interaction == 0 or not outputs.requires_grad:
             # Detached outputs (``model_loss="plain"`` / ``"reweight"``): the coupling has no
             # gradient to give, and the value of this loss is not used, so it is not computed.
             return weighted_loss(wl, per_sample, eps=EPS)
+        probs = terminal_probabilities(outputs)
         mu = state.mean_field.to(probs.dtype)
         return weighted_loss(wl, per_sample, probs, mu, 0.5 * self.interaction / probs.shape[0], EPS)
 

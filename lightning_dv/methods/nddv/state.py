@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from lightning_dv._validation import check_class_labels
 from lightning_dv.distributed import PendingRecords, RowStatistics, all_reduce_sum
 from lightning_dv.methods.base import ValuationState
-from lightning_dv.methods.nddv.formulas import state_costate_value
+from lightning_dv.methods.nddv.formulas import state_costate_value, terminal_probabilities
 from lightning_dv.methods.nddv.meta import WeightNet
 from lightning_dv.methods.weights import SampleWeights
 
@@ -106,22 +106,23 @@ class NDDVState(ValuationState):
     # -- the per-step records, applied every few dozen steps ------------------------------------
     @torch.no_grad()
     def record(
-        self, rows: Tensor, probs: Tensor, target: Tensor, weight: Tensor, dynamics: dict[str, Tensor]
+        self, rows: Tensor, outputs: Tensor, target: Tensor, weight: Tensor, dynamics: dict[str, Tensor]
     ) -> None:
-        """Hold one step's records: rows, terminal states ``(B, K)``, labels, weights, dynamics states.
+        """Hold one step's records: rows, model outputs (logits), labels, weights, dynamics states.
 
         Applied (:meth:`flush`) every few dozen steps and before any read of the per-row statistics
-        or the epoch's weighted sums (epoch end, ``state_dict``): the value ``v_i``, the statistics
-        and the mean-field sums are then computed for all held rows at once, equal to the per-step
+        or the epoch's weighted sums (epoch end, ``state_dict``): the terminal states ``X_T``, the
+        value ``v_i``, the statistics and the mean-field sums are then computed for all held rows
+        at once, equal to the per-step
         updates up to the float rounding of the sums. Integer labels are range-checked there (the
         first step is applied at once, so wrong labels fail on it). The tensors are held by
         reference: fresh per step and never modified in place.
         """
-        key = (tuple(dynamics), target.ndim, probs.shape[1])
+        key = (tuple(dynamics), target.ndim, outputs.shape[1:])
         if key != self._pending_key:
             self.flush()
             self._pending_key = key
-        if self._pending.add(rows, probs, target, weight, *dynamics.values()):
+        if self._pending.add(rows, outputs, target, weight, *dynamics.values()):
             self.flush()
 
     @torch.no_grad()
@@ -130,7 +131,8 @@ class NDDVState(ValuationState):
         taken = self._pending.take(with_step=True)
         if taken is None:
             return
-        rows, probs, target, weight, *terminals, step = taken
+        rows, outputs, target, weight, *terminals, step = taken
+        probs = terminal_probabilities(outputs)
         if target.ndim == 1:
             target = target.long()
             check_class_labels(target, probs.shape[1])
