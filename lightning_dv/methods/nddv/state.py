@@ -113,10 +113,18 @@ class NDDVState(ValuationState):
         Applied (:meth:`flush`) every few dozen steps and before any read of the per-row statistics
         or the epoch's weighted sums (epoch end, ``state_dict``): the terminal states ``X_T``, the
         value ``v_i``, the statistics and the mean-field sums are then computed for all held rows
-        at once, equal to the per-step
-        updates up to the float rounding of the sums. Integer labels are range-checked there (the
-        first step is applied at once, so wrong labels fail on it). The tensors are held by
-        reference: fresh per step and never modified in place.
+        at once, equal to the per-step updates up to the float rounding of the sums. Integer
+        labels are range-checked there (the first step is applied at once, so wrong labels fail
+        on it). The tensors are held by reference: fresh per step and never modified in place.
+
+        Example:
+            >>> state = NDDVState(4, "softplus", hidden=8)
+            >>> for rows in ([0, 1], [1, 2], [3, 0]):
+            ...     state.record(torch.tensor(rows), torch.zeros(2, 3), torch.tensor([0, 2]), torch.ones(2), {})
+            >>> state.stats.count.tolist()  # the first step is applied at once, the others are held
+            [1.0, 1.0, 0.0, 0.0]
+            >>> state.flush(); state.stats.count.tolist()
+            [2.0, 2.0, 1.0, 1.0]
         """
         key = (tuple(dynamics), target.ndim, outputs.shape[1:])
         if key != self._pending_key:
