@@ -82,7 +82,7 @@ class DataValuationMixin:
                 type(c).__module__.startswith("lightning_dv.") for c in trainer.callbacks
             )
             if not self._dv_warned_no_callback and not whole_set:
-                type(self)._dv_warned_no_callback = True
+                self._dv_warned_no_callback = True  # once per model, not once per class
                 rank_zero_warn(
                     "valuation_loss() was called but the Trainer has no DataValuation callback: training with "
                     "the plain mean loss and valuing nothing. Add `callbacks=[DataValuation(LossVal(...))]`."
