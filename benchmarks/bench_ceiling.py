@@ -48,29 +48,9 @@ from sklearn.metrics import f1_score, roc_auc_score
 from sklearn.mixture import GaussianMixture
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-from lightning_dv.datasets import load_bundled, make_split
+from lightning_dv.datasets import MAKE_CLASSIFICATION, load_bundled, make_split
 
 SYNTHETIC = ("gaussian", "moons", "classification", "overlap")
-_CLASSIFICATION_ARGS = {
-    "classification": dict(
-        n_samples=5000,
-        n_features=20,
-        n_informative=10,
-        n_redundant=2,
-        n_classes=2,
-        n_clusters_per_class=2,
-        class_sep=1.0,
-    ),
-    "overlap": dict(
-        n_samples=5000,
-        n_features=10,
-        n_informative=6,
-        n_redundant=2,
-        n_classes=3,
-        n_clusters_per_class=2,
-        class_sep=0.8,
-    ),
-}
 
 
 def _gaussian_posterior(seed: int) -> np.ndarray:
@@ -101,7 +81,7 @@ def _classification_posterior(name: str, seed: int) -> np.ndarray:
     from sklearn.datasets._samples_generator import _generate_hypercube
     from sklearn.utils import shuffle as util_shuffle
 
-    a = _CLASSIFICATION_ARGS[name]
+    a = MAKE_CLASSIFICATION[name]
     n, d, n_inf, n_red = a["n_samples"], a["n_features"], a["n_informative"], a["n_redundant"]
     n_cls, per, sep = a["n_classes"], a["n_clusters_per_class"], a["class_sep"]
     gen = np.random.RandomState(seed)
@@ -153,7 +133,7 @@ def clean_posterior(name: str, seed: int) -> np.ndarray:
         return _gaussian_posterior(seed)
     if name == "moons":
         return _moons_posterior(seed)
-    if name in _CLASSIFICATION_ARGS:
+    if name in MAKE_CLASSIFICATION:
         return _classification_posterior(name, seed)
     raise ValueError(f"no exact posterior for {name!r}; choose one of {', '.join(SYNTHETIC)}.")
 
