@@ -142,9 +142,7 @@ def _add_zero_mass_leak(
     z[:, j:] += f_dead[:, 1:]
     z *= 1.0 / eps
     z += log_mass
-    top = z.max(0)
-    leak = np.log(np.exp(np.maximum(z - top, -100.0)).sum(0)) + top
-    np.logaddexp(col_sums, leak, out=col_sums)
+    np.logaddexp(col_sums, _log_sum_exp(z, 0), out=col_sums)
 
 
 def _stable_log_sums(z: np.ndarray, alpha: np.ndarray, beta: np.ndarray, out: np.ndarray) -> None:
@@ -156,9 +154,14 @@ def _stable_log_sums(z: np.ndarray, alpha: np.ndarray, beta: np.ndarray, out: np
             (z[:, :j] + np.log(beta), 1, out[:b]),
             (z + np.log(alpha)[:, None], 0, out[b:]),
         ):
-            top = part.max(axis, keepdims=True)
-            shifted = np.maximum(part - top, -100.0)  # e^-100: below float64 resolution of the sum
-            res[:] = np.log(np.exp(shifted).sum(axis)) + top.squeeze(axis)
+            res[:] = _log_sum_exp(part, axis)
+
+
+def _log_sum_exp(z: np.ndarray, axis: int) -> np.ndarray:
+    """``log sum exp z`` along ``axis``, max-shifted; terms below ``e^-100`` of the largest are
+    clamped there (below float64 resolution of the sum, and off ``exp``'s slow path)."""
+    top = z.max(axis, keepdims=True)
+    return np.log(np.exp(np.maximum(z - top, -100.0)).sum(axis)) + top.squeeze(axis)
 
 
 def normalised_masses(a: np.ndarray, zero_mass_log: float) -> tuple[np.ndarray, float]:

@@ -345,26 +345,24 @@ class SinkhornDivergence:
         if potentials is None:
             return None
         f, g, f_aa = potentials
-        s = self._s[0] * log_ma + self._s[1]
-        t = self._t[0] * log_ma + self._t[1]
-        grad = f - f_aa + (s - self._s_own * log_ma)
-        value = a @ grad + self._b_host @ g + t * self.mass_b - 0.5 * self.self_term
-        return torch.tensor(value), torch.from_numpy(grad)
+        grad_offset, value_offset = self._mass_offsets(log_ma)
+        grad = f - f_aa + grad_offset
+        return torch.tensor(a @ grad + self._b_host @ g + value_offset), torch.from_numpy(grad)
 
     def _torch_solve(self, a32: Tensor, x32: Tensor) -> tuple[Tensor, Tensor]:
         """Value and mass gradient by the log-domain loop in torch (any device, float32 loop)."""
         log_alpha, log_ma = _normalised(log_weights(a32))
         f, g, f_aa = annealed_potentials(self.solve_eps, self._cost_cols(x32), log_alpha, self.log_beta)
+        grad_offset, value_offset = self._mass_offsets(log_ma)
+        grad = (f - f_aa).double() + grad_offset
+        return (a32.double() * grad).sum() + (self.b64 * g.double()).sum() + value_offset, grad
+
+    def _mass_offsets(self, log_ma):
+        """The raw-mass terms both loops add to the normalised potentials: ``(s - s_own log m_a)``
+        on the gradient and ``t m_b - S(b, b) / 2`` on the value (``s``, ``t`` linear in ``log m_a``)."""
         s = self._s[0] * log_ma + self._s[1]
         t = self._t[0] * log_ma + self._t[1]
-        grad = (f - f_aa).double() + (s - self._s_own * log_ma)
-        value = (
-            (a32.double() * grad).sum()
-            + (self.b64 * g.double()).sum()
-            + t * self.mass_b
-            - 0.5 * self.self_term
-        )
-        return value, grad
+        return s - self._s_own * log_ma, t * self.mass_b - 0.5 * self.self_term
 
     def __call__(self, a: Tensor, x: Tensor) -> Tensor:
         """``S((a, x), (b, y))`` as a surrogate: its value, and ``f_ab - f_aa`` as gradient in ``a``."""
