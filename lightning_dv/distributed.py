@@ -99,7 +99,10 @@ def all_reduce_max(t: Tensor) -> Tensor:
     return t
 
 
-def _frozen(t: Tensor) -> nn.Parameter:
+def frozen_parameter(t: Tensor) -> nn.Parameter:
+    """Per-row state as a parameter without gradient: checkpointed like any parameter, ignored by
+    DDP (no gradient, so no dense all-reduce) and never re-broadcast (buffers are, before every
+    forward)."""
     return nn.Parameter(t, requires_grad=False)
 
 
@@ -160,11 +163,11 @@ class RowStatistics(Float32Module):
             raise ValueError(f"`window` must be a positive number of epochs or None; got {window}.")
         self.num_rows, self.width, self.window = int(num_rows), int(width), window
         shape = (num_rows,) if width == 1 else (num_rows, width)
-        self.sum = _frozen(torch.zeros(shape))
-        self.count = _frozen(torch.zeros(num_rows))
-        self.total = _frozen(torch.zeros(shape))
-        self.epochs = _frozen(torch.zeros(num_rows))
-        self.last = _frozen(torch.zeros(shape)) if keep_last else None
+        self.sum = frozen_parameter(torch.zeros(shape))
+        self.count = frozen_parameter(torch.zeros(num_rows))
+        self.total = frozen_parameter(torch.zeros(shape))
+        self.epochs = frozen_parameter(torch.zeros(num_rows))
+        self.last = frozen_parameter(torch.zeros(shape)) if keep_last else None
 
     def update(self, rows: Tensor, values: Tensor, step: Tensor | None = None) -> Tensor:
         """Add one record per row; returns the mask of records whose row is new to this rank this epoch.
@@ -224,9 +227,8 @@ class RowStatistics(Float32Module):
         mean = mean.reshape(-1) if self.sum.ndim == 1 else mean
         keep = ~fresh if self.sum.ndim == 1 else (~fresh)[:, None]
         if self.last is not None:
-            self.last[lo:hi].mul_(keep).add_(
-                mean
-            )  # exact: last * 1 + 0 for rows not seen, 0 + mean otherwise
+            # exact: last * 1 + 0 for rows not seen, 0 + mean otherwise
+            self.last[lo:hi].mul_(keep).add_(mean)
         if self.window is not None:
             open_ = self.epochs[lo:hi] < self.window
             mean.mul_(open_ if self.sum.ndim == 1 else open_[:, None])

@@ -15,7 +15,7 @@ from torchmetrics.utilities.distributed import gather_all_tensors
 
 from lightning_dv._float32 import Float32Module
 from lightning_dv._validation import check_choice
-from lightning_dv.distributed import is_distributed
+from lightning_dv.distributed import frozen_parameter, is_distributed
 from lightning_dv.methods.host_adam import HostRowAdam, merge_rows
 
 CONSTRAINTS = ("none", "softplus", "clamp")
@@ -29,12 +29,6 @@ __all__ = [
     "merge_row_gradients",
     "tail_window",
 ]
-
-
-def _frozen(t: Tensor) -> nn.Parameter:
-    # A parameter DDP ignores (no gradient, so no dense all-reduce) and never re-broadcasts
-    # (buffers are re-broadcast before every forward); checkpointed like any parameter.
-    return nn.Parameter(t, requires_grad=False)
 
 
 def tail_window(betas: tuple[float, float], tol: float = 1e-8) -> int:
@@ -125,12 +119,14 @@ class SampleWeights(Float32Module):
         self.configure(lr, betas, eps)
         raw0 = math.log(math.expm1(init)) if constraint == "softplus" else init
         self.dense = num_samples <= dense_below
-        self.dense_mode = _frozen(torch.tensor(int(self.dense), dtype=torch.uint8))  # kept in checkpoints
-        self.raw = _frozen(torch.full((num_samples,), float(raw0), dtype=torch.float32))
-        self.exp_avg = _frozen(torch.zeros(num_samples))
-        self.exp_avg_sq = _frozen(torch.zeros(num_samples))
-        self.last_step = _frozen(torch.zeros(num_samples, dtype=torch.int32))
-        self.step = _frozen(torch.zeros((), dtype=torch.int64))
+        self.dense_mode = frozen_parameter(
+            torch.tensor(int(self.dense), dtype=torch.uint8)
+        )  # kept in checkpoints
+        self.raw = frozen_parameter(torch.full((num_samples,), float(raw0), dtype=torch.float32))
+        self.exp_avg = frozen_parameter(torch.zeros(num_samples))
+        self.exp_avg_sq = frozen_parameter(torch.zeros(num_samples))
+        self.last_step = frozen_parameter(torch.zeros(num_samples, dtype=torch.int32))
+        self.step = frozen_parameter(torch.zeros((), dtype=torch.int64))
         self._pending: list[tuple[Tensor, Tensor]] = []
         self._now: int | None = None  # host copy of ``step``: no device sync per step
         #: Row-sparse reads and steps of CPU tensors through NumPy views (False: the torch path,

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_dv._validation import check_choice, check_class_labels, check_window
-from lightning_dv.distributed import RowStatistics
+from lightning_dv.distributed import RowStatistics, frozen_parameter
 from lightning_dv.methods.base import ValuationObjective, ValuationState, ValuationStep
 from lightning_dv.methods.calibration import calibrate, check_calibration
 
@@ -86,9 +86,9 @@ class AUMState(ValuationState):
         self.margin = RowStatistics(num_rows, window=window)
         self.monitored = monitored
         if monitored:
-            self.frozen = nn.Parameter(torch.zeros(num_rows), requires_grad=False)
-            self.frozen_seen = nn.Parameter(torch.zeros(num_rows), requires_grad=False)
-            self.best = nn.Parameter(torch.tensor([float("nan"), 0.0]), requires_grad=False)
+            self.frozen = frozen_parameter(torch.zeros(num_rows))
+            self.frozen_seen = frozen_parameter(torch.zeros(num_rows))
+            self.best = frozen_parameter(torch.tensor([float("nan"), 0.0]))
 
 
 class AUM(ValuationObjective):

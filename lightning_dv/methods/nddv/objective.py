@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_dv._validation import check_choice, check_window
+from lightning_dv.distributed import frozen_parameter
 from lightning_dv.methods.base import ValuationObjective, ValuationStep
 from lightning_dv.methods.calibration import calibrate, check_calibration
 from lightning_dv.methods.nddv.dynamics import ControlledDynamicsNet
@@ -38,7 +39,7 @@ from lightning_dv.methods.nddv.formulas import (
     weighted_loss,
 )
 from lightning_dv.methods.nddv.meta import EPS, MetaWeighting, default_meta_loss, meta_tensors
-from lightning_dv.methods.nddv.state import NDDVState, _frozen
+from lightning_dv.methods.nddv.state import NDDVState
 from lightning_dv.methods.weights import SampleWeights
 
 if TYPE_CHECKING:
@@ -194,7 +195,7 @@ class NDDV(MetaWeighting, ValuationObjective):
             )
         if state.mean_field.numel() != k:
             # Before the first epoch end: the uniform distribution (the max-entropy terminal state).
-            state.mean_field = _frozen(torch.full((k,), 1.0 / k, device=outputs.device))
+            state.mean_field = frozen_parameter(torch.full((k,), 1.0 / k, device=outputs.device))
         dynamics = self._dynamics_states(step)
         if self.weighting == "softplus":
             w = state.weights(step.idx)

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_dv._validation import check_class_labels
-from lightning_dv.distributed import PendingRecords, RowStatistics, all_reduce_sum
+from lightning_dv.distributed import PendingRecords, RowStatistics, all_reduce_sum, frozen_parameter
 from lightning_dv.methods.base import ValuationState
 from lightning_dv.methods.nddv.formulas import state_costate_value, terminal_probabilities
 from lightning_dv.methods.nddv.meta import WeightNet
@@ -14,10 +14,6 @@ from lightning_dv.methods.weights import SampleWeights
 
 #: Columns of NDDV's per-row statistics.
 VALUE, WEIGHT = 0, 1
-
-
-def _frozen(t: Tensor) -> nn.Parameter:
-    return nn.Parameter(t, requires_grad=False)
 
 
 def _flush_before_save(module: NDDVState, *_: object) -> None:
@@ -42,13 +38,13 @@ class WeightedMean(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.total = _frozen(torch.zeros(0, dtype=torch.float64))
-        self.weight = _frozen(torch.zeros((), dtype=torch.float64))
+        self.total = frozen_parameter(torch.zeros(0, dtype=torch.float64))
+        self.weight = frozen_parameter(torch.zeros((), dtype=torch.float64))
 
     @torch.no_grad()
     def update(self, x: Tensor, w: Tensor) -> None:
         if self.total.numel() != x.shape[1]:
-            self.total = _frozen(torch.zeros(x.shape[1], dtype=torch.float64, device=x.device))
+            self.total = frozen_parameter(torch.zeros(x.shape[1], dtype=torch.float64, device=x.device))
         w = w.to(x.dtype)
         self.total.add_(torch.mv(x.t(), w))  # total += X^T w (the batch's sum in x's dtype, added in float64)
         self.weight.add_(w.sum())
@@ -57,7 +53,7 @@ class WeightedMean(nn.Module):
     def reduce(self, width: int | None = None) -> Tensor | None:
         """The weighted mean over every rank (None if no weight); clears the epoch. Collective."""
         if self.total.numel() == 0 and width is not None:  # a rank with no record still takes part
-            self.total = _frozen(torch.zeros(width, dtype=torch.float64, device=self.weight.device))
+            self.total = frozen_parameter(torch.zeros(width, dtype=torch.float64, device=self.weight.device))
         total = all_reduce_sum(torch.cat([self.total, self.weight.reshape(1)]))
         self.total.zero_()
         self.weight.zero_()
@@ -68,7 +64,7 @@ class WeightedMean(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
         incoming = state_dict.get(prefix + "total")
         if incoming is not None and incoming.shape != self.total.shape:
-            self.total = _frozen(torch.zeros_like(incoming, device=self.total.device))
+            self.total = frozen_parameter(torch.zeros_like(incoming, device=self.total.device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
@@ -94,10 +90,10 @@ class NDDVState(ValuationState):
         self.stats = RowStatistics(num_rows, width=2, keep_last=True, window=window)
         with torch.no_grad():
             self.stats.last[:, WEIGHT] = 1.0  # weight of a row never seen
-        self.mean_field = _frozen(torch.zeros(0))  # (K,) once the number of classes is known
+        self.mean_field = frozen_parameter(torch.zeros(0))  # (K,) once the number of classes is known
         self.field = WeightedMean()
         self.dynamics = nn.ModuleDict()
-        self.meta_steps = _frozen(torch.zeros(()))
+        self.meta_steps = frozen_parameter(torch.zeros(()))
         self._pending = PendingRecords()
         self._pending_key: tuple = ()
         self.register_state_dict_pre_hook(_flush_before_save)  # module-level functions: picklable
@@ -188,7 +184,7 @@ class NDDVState(ValuationState):
         # Sized lazily (K, and the ControlledDynamicsNet modules, are known at the first step).
         incoming = state_dict.get(prefix + "mean_field")
         if incoming is not None and incoming.shape != self.mean_field.shape:
-            self.mean_field = _frozen(torch.zeros_like(incoming, device=self.mean_field.device))
+            self.mean_field = frozen_parameter(torch.zeros_like(incoming, device=self.mean_field.device))
         for key in state_dict:
             if key.startswith(prefix + "dynamics.") and key.endswith(".weight"):
                 name = key[len(prefix + "dynamics.") : -len(".weight")]
