@@ -40,7 +40,6 @@ from lightning_dv.methods.nddv.formulas import (
 )
 from lightning_dv.methods.nddv.meta import EPS, MetaWeighting, default_meta_loss, meta_tensors
 from lightning_dv.methods.nddv.state import NDDVState
-from lightning_dv.methods.weights import SampleWeights
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -286,7 +285,7 @@ class NDDV(MetaWeighting, ValuationObjective):
         return calibrate(phi, "robust", self.fence, self.upper_scale, seen=state.seen.detach() > 0)
 
     def extra_columns(self, state: nn.Module) -> dict[str, Tensor]:
-        weight = read_weights(state.weights) if state.weights is not None else state.weight.detach().clone()
+        weight = state.weights.all() if state.weights is not None else state.weight.detach().clone()
         mean = state.value_mean.detach()
         return {
             "nddv_state_costate": state.raw_value.detach().clone(),  # latest epoch
@@ -294,26 +293,3 @@ class NDDV(MetaWeighting, ValuationObjective):
             "nddv_marginal": self.marginal_values(state),
             "nddv_weight": weight,
         }
-
-
-def read_weights(weights: SampleWeights, chunk: int = 1 << 16) -> Tensor:
-    """Every row's weight, ``weights.all()`` read ``chunk`` rows at a time (the same numbers).
-
-    Why: the rows touched in the last ``K`` steps need their pending momentum tail, a
-    ``(rows, K)`` float64 computation; over all of them at once (``32 x 176`` rows at batch 32)
-    that is tens of MB at the export, per chunk of rows a few hundred kB. ``chunk`` is a
-    multiple of 64 so every row takes the same (vectorised) softplus code path as in one call.
-
-    Example:
-        >>> w = SampleWeights(5, constraint="softplus")
-        >>> torch.equal(read_weights(w, chunk=64), w.all())
-        True
-    """
-    if chunk % 64:
-        raise ValueError(f"`chunk` must be a multiple of 64 rows; got {chunk}.")
-    n = weights.num_samples
-    out = torch.empty(n, dtype=weights.raw.dtype, device=weights.raw.device)
-    for lo in range(0, n, chunk):
-        rows = torch.arange(lo, min(lo + chunk, n), device=out.device)
-        out[lo : lo + chunk] = weights.transform(weights.current_raw(rows))
-    return out
