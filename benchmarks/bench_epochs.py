@@ -25,12 +25,12 @@ import pandas as pd
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from benchmarks.fitting import ValidatedMLP, indexed_loader, quiet_trainer
+from benchmarks.fitting import indexed_loader, quiet_trainer
 from benchmarks.registry import quiet_lightning
 from lightning_dv import DataValuation
 from lightning_dv.datasets import make_split
 from lightning_dv.metrics import detection_auroc, kmeans_f1
-from lightning_dv.modules import MLPClassifier
+from lightning_dv.modules import MLPClassifier, ValidatedMLPClassifier
 
 METHODS = ("aum", "aum_val", "nddv", "lossval")
 
@@ -87,7 +87,7 @@ class SignalRecorder(Callback):
 def run_one(split, method: str, seed: int, epochs: int, window: int | None = 10):
     L.seed_everything(seed, verbose=False)
     validate = method == "aum_val"
-    model = (ValidatedMLP if validate else MLPClassifier)(
+    model = (ValidatedMLPClassifier if validate else MLPClassifier)(
         split.x_train.shape[1], split.num_classes, hidden=64
     )
     with quiet_lightning():

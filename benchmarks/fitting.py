@@ -1,4 +1,4 @@
-"""Data loading and trainer settings shared by the benchmark fits (the model is ``MLPClassifier``)."""
+"""Data loading, trainer settings and the small CNN shared by the benchmark fits."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_dv.data import IndexedDataset
 from lightning_dv.mixin import DataValuationMixin
-from lightning_dv.modules import MLPClassifier
 from lightning_dv.progress import quiet_trainer_settings
 
 
@@ -28,16 +27,6 @@ def indexed_loader(
 def quiet_trainer(max_epochs: int, callbacks: list | None = None, **kwargs) -> L.Trainer:
     """A CPU trainer with no logger, checkpoints, progress bar or model summary (benchmarks time the fit)."""
     return L.Trainer(callbacks=callbacks or [], **quiet_trainer_settings(max_epochs=max_epochs, **kwargs))
-
-
-class ValidatedMLP(MLPClassifier):
-    """``MLPClassifier`` that logs ``val_loss`` (mean cross-entropy) on ``fit``'s validation loader."""
-
-    def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
-        x, y = batch[-2], batch[-1]  # (row, x, y) or (x, y) batches
-        loss = self.per_sample_loss(self(x), y).mean()
-        self.log("val_loss", loss, on_step=False, on_epoch=True)
-        return loss
 
 
 class SmallCNN(DataValuationMixin, L.LightningModule):

@@ -120,12 +120,12 @@ def fit_with_objective(
     import lightning as L
     import torch
 
-    from benchmarks.fitting import ValidatedMLP, indexed_loader, quiet_trainer
+    from benchmarks.fitting import indexed_loader, quiet_trainer
     from lightning_dv.callbacks import DataValuation as callback
-    from lightning_dv.modules import MLPClassifier
+    from lightning_dv.modules import MLPClassifier, ValidatedMLPClassifier
 
     L.seed_everything(seed, verbose=False)
-    model = (ValidatedMLP if validate else MLPClassifier)(
+    model = (ValidatedMLPClassifier if validate else MLPClassifier)(
         split.x_train.shape[1], split.num_classes, hidden=hidden
     )
     with quiet_lightning():

@@ -71,3 +71,20 @@ class MLPClassifier(DataValuationMixin, L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+
+class ValidatedMLPClassifier(MLPClassifier):
+    """:class:`MLPClassifier` that logs the mean loss on ``fit``'s validation loader as ``val_loss``
+    every epoch: the metric ``AUM(monitor="val_loss")`` follows (a separate class, because Lightning
+    warns about a ``validation_step`` that gets no loader).
+
+    Example:
+        >>> ValidatedMLPClassifier(in_features=4, num_outputs=3).hparams.hidden
+        64
+    """
+
+    def validation_step(self, batch, batch_idx: int) -> Tensor:
+        x, y = batch[-2], batch[-1]  # (row, x, y) or (x, y) batches
+        loss = self.per_sample_loss(self(x), y).mean()
+        self.log("val_loss", loss, on_step=False, on_epoch=True)
+        return loss

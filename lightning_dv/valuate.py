@@ -77,7 +77,8 @@ def valuate(
         method: ``"aum"`` (area under the margin; default), ``"nddv"``, ``"lossval"``,
             ``"complexity_gap"`` or ``"ecoval"``.
         validation: Optional clean ``(x_val, y_val)``, labels in the same classes.
-        epochs: Training epochs (default: 10 for AUM and NDDV, 30 for LossVal as in the paper).
+        epochs: Training epochs (default: 10 for AUM and NDDV, 30 for LossVal as in the paper and
+            for AUM with ``monitor="val_loss"``, its longest window).
         seed: Seed of the model, the loader order and the held-out split (training-time methods
             call ``lightning.seed_everything(seed)``, which seeds the global generators).
         ids: Optional id per row, kept in the result.
@@ -88,7 +89,9 @@ def valuate(
         progress: Show Lightning's progress bar (or the method's own).
         trainer_kwargs: Extra ``lightning.Trainer`` arguments (default: CPU, no logger).
         **method_kwargs: Passed to the method (``NDDV(...)``, ``LossVal(...)``, ``AUM(...)``,
-            ``complexity_gap(...)`` or ``EcoVal(...)``).
+            ``complexity_gap(...)`` or ``EcoVal(...)``). ``monitor="val_loss"`` with ``"aum"``
+            and ``validation`` runs AUM's window on from 10 up to 30 epochs while the loss on
+            the validation rows falls (:class:`~lightning_dv.AUM`).
 
     Returns:
         :class:`DataValues` with ``labels``, a boolean ``flagged`` (the low 2-means cluster of
@@ -115,6 +118,9 @@ def valuate(
                 else "must be >= 1."
             )
         )
+    if method == "aum" and method_kwargs.get("monitor") is not None:
+        _check_aum_monitor(method_kwargs, validation)
+        epochs = epochs or method_kwargs.get("max_window", 30)
     if not 0.0 < validation_fraction < 0.5:
         raise ValueError(f"`validation_fraction` must lie in (0, 0.5); got {validation_fraction}.")
     x = as_feature_matrix(features)
@@ -266,6 +272,22 @@ def check_rows(x: np.ndarray, classes: np.ndarray, codes: np.ndarray) -> None:
         )
 
 
+def _check_aum_monitor(kwargs: dict[str, Any], validation: Any) -> None:
+    """``AUM(monitor=...)`` in ``valuate``: the built-in model logs ``val_loss``, from ``validation``."""
+    if kwargs["monitor"] != "val_loss" or kwargs.get("mode", "min") != "min":
+        raise ValueError(
+            f"`monitor={kwargs['monitor']!r}, mode={kwargs.get('mode', 'min')!r}`: valuate's built-in model "
+            "logs one validation metric, 'val_loss' (to minimise); pass monitor='val_loss', or fit your own "
+            "LightningModule with DataValuation(AUM(monitor=...)) to follow another metric."
+        )
+    if validation is None:
+        raise ValueError(
+            "AUM(monitor='val_loss') follows the loss on held-out labelled rows every epoch: pass "
+            "`validation=(x_val, y_val)` (rows not in the training set), or leave `monitor` unset for the "
+            "fixed 10-epoch window."
+        )
+
+
 def _encode(y: np.ndarray, classes: np.ndarray) -> np.ndarray:
     pos = np.searchsorted(classes, y)
     pos = np.clip(pos, 0, len(classes) - 1)
@@ -317,9 +339,10 @@ def _train(
     from lightning_dv.methods.aum import AUM
     from lightning_dv.methods.lossval import LossVal
     from lightning_dv.methods.nddv import NDDV
-    from lightning_dv.modules import MLPClassifier
+    from lightning_dv.modules import MLPClassifier, ValidatedMLPClassifier
 
     L.seed_everything(seed, verbose=False)
+    val_loader = None
     if method == "lossval":
         if x_val is None:
             _, part = _stratified_part(codes, fraction, seed)
@@ -334,6 +357,10 @@ def _train(
     elif method == "aum":
         objective = AUM(**kwargs)
         meta["validation"] = "none needed"
+        if objective.monitor is not None:
+            meta["validation"] = f"given ({len(x_val)} rows): the window runs on while its loss falls"
+            val_set = TensorDataset(torch.from_numpy(x_val), torch.from_numpy(y_val))
+            val_loader = DataLoader(val_set, batch_size=max(batch_size, 256))
     else:
         if kwargs.get("weighting") == "meta" and "meta" not in kwargs:
             if x_val is None:
@@ -349,7 +376,9 @@ def _train(
     valuation = DataValuation(objective)
     settings = {**quiet_trainer_settings(max_epochs=epochs, enable_progress_bar=progress), **trainer_kwargs}
     trainer = L.Trainer(callbacks=[valuation], **settings)
-    model = MLPClassifier(x.shape[1], num_classes, hidden=hidden, lr=lr)
+    model = (MLPClassifier if val_loader is None else ValidatedMLPClassifier)(
+        x.shape[1], num_classes, hidden=hidden, lr=lr
+    )
     xt, yt = torch.from_numpy(x), torch.from_numpy(codes.astype(np.int64))
     loader = DataLoader(
         IndexedDataset(TensorDataset(xt, yt)),
@@ -357,7 +386,7 @@ def _train(
         shuffle=True,
         generator=torch.Generator().manual_seed(seed),
     )
-    trainer.fit(model, loader)
+    trainer.fit(model, loader, val_loader)
     model.eval()
     with torch.no_grad():
         predicted = model(xt.to(model.device)).argmax(1).cpu().numpy()

@@ -9,11 +9,11 @@ import torch
 from helpers import loader, resumable_loader, seeded, trainer_kwargs
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from benchmarks.fitting import ValidatedMLP
 from lightning_dv import DataValuation
 from lightning_dv.datasets import make_split
 from lightning_dv.methods.aum import AUM
 from lightning_dv.methods.calibration import calibrate
+from lightning_dv.modules import ValidatedMLPClassifier
 
 
 class MetricLog(L.Callback):
@@ -31,7 +31,7 @@ def _fit(objective, epochs, split, with_validation=True, extra=(), lr=1e-3):
     L.Trainer(
         max_epochs=epochs, callbacks=[valuation, *extra], num_sanity_val_steps=0, **trainer_kwargs()
     ).fit(
-        ValidatedMLP(split.x_train.shape[1], split.num_classes, lr=lr),
+        ValidatedMLPClassifier(split.x_train.shape[1], split.num_classes, lr=lr),
         loader(split.x_train, split.y_train),
         val,
     )
@@ -92,7 +92,7 @@ def test_monitored_window_resumes_exactly_from_a_checkpoint(tmp_path):
             num_sanity_val_steps=0,
             **trainer_kwargs(enable_checkpointing=True, default_root_dir=tmp_path / "root"),
         )
-        model = ValidatedMLP(split.x_train.shape[1], split.num_classes, lr=1e-3)
+        model = ValidatedMLPClassifier(split.x_train.shape[1], split.num_classes, lr=1e-3)
         train = resumable_loader(split.x_train, split.y_train, batch_size=16)
         trainer.fit(model, train, loader(split.x_valid, split.y_valid, shuffle=False), ckpt_path=ckpt)
         return valuation.values

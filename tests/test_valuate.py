@@ -59,6 +59,40 @@ def test_given_validation_is_used(noisy):
         valuate(s.x_train, names, method="lossval", validation=(s.x_valid[:2], ["benign", "unknown"]))
 
 
+def test_aum_follows_the_validation_loss(noisy, tmp_path):
+    """monitor='val_loss': the window ends at the best validation epoch (>= 10), read from the logged losses,
+    and the values equal those of a fixed window of that length on the same seed."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    s, names = noisy
+    y_val = np.array(["benign", "malignant"])[s.y_valid]
+    logger = CSVLogger(tmp_path, name="aum")
+    values = valuate(
+        s.x_train,
+        names,
+        validation=(s.x_valid, y_val),
+        monitor="val_loss",
+        epochs=14,
+        trainer_kwargs={"logger": logger},
+    )
+    losses = pd.read_csv(f"{logger.log_dir}/metrics.csv").dropna(subset=["val_loss"])["val_loss"].to_numpy()
+    assert len(losses) == 14
+    expected = max(10, int(np.argmin(losses)) + 1)  # first best epoch, at least the 10-epoch window
+    assert set(values.columns["aum_window"].tolist()) == {float(expected)}
+    assert values.metadata["validation"].startswith(f"given ({len(y_val)} rows)")
+    fixed = valuate(s.x_train, names, window=expected, epochs=expected)
+    np.testing.assert_allclose(values.values, fixed.values, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(values.flagged, fixed.flagged)
+
+
+def test_aum_monitor_needs_validation_and_val_loss(noisy):
+    s, names = noisy
+    with pytest.raises(ValueError, match="pass `validation=\\(x_val, y_val\\)`"):
+        valuate(s.x_train, names, monitor="val_loss")
+    with pytest.raises(ValueError, match="logs one validation metric, 'val_loss'"):
+        valuate(s.x_train, names, validation=(s.x_valid, s.y_valid), monitor="val_acc", mode="max")
+
+
 def test_bad_inputs_are_refused_before_training():
     x = np.random.default_rng(0).normal(size=(30, 3))
     y = np.array(["a", "b"] * 15)
