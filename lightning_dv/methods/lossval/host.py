@@ -16,7 +16,11 @@ first and the final extrapolation. Mathematically identical; only the rounding d
 here against float32 there).
 
 Why the host: at LossVal's sizes (``B = 32``, ``J = 100``: 4k entries) torch's CPU per-op dispatch
-(~5 us) is the cost, not arithmetic; numpy's is ~1 us and the loop needs ~10 ops per epsilon.
+(~5 us) is the cost, not arithmetic; numpy's is ~1 us and the loop needs ~10 ops per epsilon. The
+three passes over the matrix (build the exponent, clamp, ``exp``) are the exception: they run as
+torch ops on the same memory, because torch's vectorised float64 ``exp`` and clamp take about half
+numpy's time from ~10k entries on (the CNN workload's ``128 x 228``, ``J = 1000``), and
+``addmm(C, rows, cols, beta=-1/eps, alpha=1/eps)`` builds ``(f_i + g_k - C_ik) / eps`` in one pass.
 Why float64: between epsilons the exponents reach ~+30 and the row sums ~``e^-200`` (measured on
 Gaussian, digits and image features), outside float32's range, inside float64's. Exponents are
 clamped at ``-700`` (``exp`` of deeply negative inputs takes a slow path, and ``e^-700`` is below
@@ -30,11 +34,14 @@ loop.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 #: Exponents below this are clamped before ``exp`` (slow path; negligible terms).
 EXP_FLOOR = -700.0
 #: Log-sums outside this range make the kernel result untrusted (the caller falls back).
 LOG_SUM_RANGE = (EXP_FLOOR + 100.0, 700.0)
+#: From this many cost entries on, the loop's passes over the matrix run as torch ops (module docstring).
+TORCH_MIN_ENTRIES = 8192
 #: Largest ``B * (J + B)`` solved on the host; above it the torch loop is faster (docs/lossval_speed.md).
 HOST_MAX_ENTRIES = 1 << 16
 
@@ -80,7 +87,7 @@ def _kernel_loop(
     work, kernel = np.empty_like(cost), np.empty_like(cost)
     # a row of zero mass contributes nothing to the column sums, but its own diagonal entry in the
     # C_xx block, (2 f_aa_i - 0) / eps, is unbounded: push that block's row below the floor
-    dead = np.where(alpha > 0, 0.0, -1e300)
+    dead = np.where(alpha > 0, 0.0, -1e200)  # (still finite once addmm scales it by 1 / eps)
     # (with zero_log_mass = -inf, rows of no mass contribute exactly nothing: no share to add)
     dead_rows = np.flatnonzero(alpha <= 0) if np.isfinite(zero_log_mass) else np.empty(0, dtype=int)
     # work = rows.T @ cols builds f_i + g_k over [C_xy | C_xx] in one product (C subtracted
@@ -96,12 +103,20 @@ def _kernel_loop(
     logs = np.empty((len(steps), b + jb))
     step = np.empty(b + jb)
     lo, hi = LOG_SUM_RANGE
+    # large matrices: the three passes over the matrix as torch ops on the same memory (module docstring)
+    in_torch = cost.size >= TORCH_MIN_ENTRIES
+    work_t, kernel_t, cost_t = torch.from_numpy(work), torch.from_numpy(kernel), torch.from_numpy(cost)
+    rows_t, cols_t = torch.from_numpy(rows).T, torch.from_numpy(cols)
     for n, (eps, w) in enumerate(steps):
-        np.matmul(rows.T, cols, out=work)
-        np.subtract(work, cost, out=work)
-        np.multiply(work, 1.0 / eps, out=work)
-        np.maximum(work, EXP_FLOOR, out=kernel)
-        np.exp(kernel, out=kernel)
+        if in_torch:
+            torch.addmm(cost_t, rows_t, cols_t, beta=-1.0 / eps, alpha=1.0 / eps, out=work_t)
+            torch.clamp_min(work_t, EXP_FLOOR, out=kernel_t).exp_()
+        else:
+            np.matmul(rows.T, cols, out=work)
+            np.subtract(work, cost, out=work)
+            np.multiply(work, 1.0 / eps, out=work)
+            np.maximum(work, EXP_FLOOR, out=kernel)
+            np.exp(kernel, out=kernel)
         sums = logs[n]
         np.matmul(kernel[:, :j], beta, out=sums[:b])
         np.matmul(alpha, kernel, out=sums[b:])

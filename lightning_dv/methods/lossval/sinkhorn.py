@@ -291,7 +291,7 @@ class SinkhornDivergence:
         self._b_host = self.b64.cpu().numpy()
         self._beta_host = self.log_beta.double().exp().cpu().numpy()
         self._y_half_host = self.y_half.double().cpu().numpy()
-        self._y_t = self.y.T.contiguous()
+        self._y_t_host = self.y.T.contiguous().cpu().numpy()
 
     def _self_term(self, exact_self_max: int) -> float:
         s, _ = mass_offsets(self.eps_list, self.log_mb, self.log_mb)
@@ -310,7 +310,6 @@ class SinkhornDivergence:
     def to(self, device: torch.device) -> SinkhornDivergence:
         self.y, self.b, self.b64 = self.y.to(device), self.b.to(device), self.b64.to(device)
         self.log_beta, self.y_half = self.log_beta.to(device), self.y_half.to(device)
-        self._y_t = self._y_t.to(device)
         return self
 
     def _cost_cols(self, x: Tensor) -> Tensor:
@@ -323,14 +322,16 @@ class SinkhornDivergence:
         return torch.addmm(norms, x, torch.cat([self.y, x]).T, alpha=-1.0)
 
     def _host_cost(self, x: Tensor) -> np.ndarray:
-        """``[C_xy | C_xx]`` in float64 from two float32 products (no stacked copy of the target);
-        ``|x|^2`` is read off the diagonal of ``x x^T``."""
+        """``[C_xy | C_xx]`` in float64 from two float32 products in numpy (no stacked copy of the
+        target): ``x y^T`` against the target stored transposed once, and ``x x^T``, which numpy
+        computes as a symmetric rank-k update (BLAS ``syrk``: half the flops of a general product,
+        exactly symmetric). ``|x|^2`` is read off its diagonal, so ``C_xx``'s diagonal is exactly 0."""
         if self.p != 2:
             return self._cost_cols(x).numpy().astype(np.float64)
-        j = self.y.shape[0]
+        j, xs = self.y.shape[0], x.numpy()
         cost = np.empty((x.shape[0], j + x.shape[0]))
-        cost[:, :j], cost[:, j:] = torch.mm(x, self._y_t).numpy(), torch.mm(x, x.T).numpy()
-        x_half = np.diagonal(cost[:, j:]) * 0.5  # float64 from here: C_xx's diagonal is exactly 0
+        cost[:, :j], cost[:, j:] = xs @ self._y_t_host, xs @ xs.T
+        x_half = np.diagonal(cost[:, j:]) * 0.5
         np.subtract(np.concatenate([self._y_half_host, x_half]), cost, out=cost)
         np.add(cost, x_half[:, None], out=cost)
         return cost
