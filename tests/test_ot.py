@@ -8,6 +8,7 @@ import pytest
 import torch
 from geomloss import SamplesLoss
 
+from lightning_dv.methods.lossval import host
 from lightning_dv.methods.lossval.host import _kernel_loop, kernel_potentials, normalised_masses
 from lightning_dv.methods.lossval.ot import CachedSinkhornDivergence
 from lightning_dv.methods.lossval.sinkhorn import (
@@ -210,9 +211,17 @@ def test_schedule_arguments_are_validated():
 
 
 # -- the host loop (numpy float64, kernel domain) on its hard cases --------------------------------
+@pytest.fixture(params=["numpy", "torch"])
+def matrix_passes(request, monkeypatch):
+    """The host loop's passes over the matrix in numpy (small problems) or as torch ops (from
+    ``TORCH_MIN_ENTRIES`` entries on): every host test runs both."""
+    monkeypatch.setattr(host, "TORCH_MIN_ENTRIES", 0 if request.param == "torch" else 10**9)
+    return request.param
+
+
 @pytest.mark.parametrize("blur", [0.05, 0.01, 0.001])
 @pytest.mark.parametrize("masses", ["positive", "some zero", "all negative"])
-def test_host_loop_matches_float64_geomloss_on_wide_scales_and_small_blur(blur, masses):
+def test_host_loop_matches_float64_geomloss_on_wide_scales_and_small_blur(blur, masses, matrix_passes):
     """Features of scale 10 and small ``blur``: the unchecked kernel under/overflows, the checked
     rerun recomputes those steps in the log domain; rows of no mass get geomloss's -1e5 log-mass
     (not zero: it leaks at small eps). Against geomloss in float64: 1e-5 relative (the float32
@@ -242,7 +251,7 @@ def test_host_loop_matches_float64_geomloss_on_wide_scales_and_small_blur(blur, 
 
 
 @pytest.mark.parametrize(("scale", "blur"), [(1.0, 0.05), (10.0, 0.001)])
-def test_host_potentials_equal_the_torch_loop_in_float64(scale, blur):
+def test_host_potentials_equal_the_torch_loop_in_float64(scale, blur, matrix_passes):
     """The kernel-domain loop is the same iteration as the log-domain one: on the same float64
     cost, the potentials agree to 1e-9, rows of no mass included (also where the unchecked kernel
     overflows and where geomloss's -1e5 log-mass leaks)."""
@@ -280,3 +289,38 @@ def test_wide_inputs_and_the_size_switch_give_the_same_divergence():
     forced = SinkhornDivergence(y[:20, :8], torch.ones(20), 5.0, host_max_entries=10**9)
     xs = x[:, :8]
     assert float(small(a0, xs)) == pytest.approx(float(forced(a0, xs)), rel=1e-5)
+
+
+def test_host_cost_is_the_ground_cost_with_an_exactly_symmetric_self_block():
+    """``[C_xy | C_xx]`` from numpy's float32 products (``x x^T`` by a symmetric rank-k update)
+    equals ``|x - y|^2 / 2`` in float64 to float32 rounding; ``C_xx`` is exactly symmetric with an
+    exactly zero diagonal (the batch's self-problem sees no rounding asymmetry)."""
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(64, 300, generator=g), torch.randn(50, 300, generator=g)
+    cost = SinkhornDivergence(y, torch.ones(50), 60.0)._host_cost(x)
+    ref = torch.cdist(x.double(), torch.cat([y, x]).double()).pow(2).div(2).numpy()
+    np.testing.assert_allclose(cost, ref, rtol=0, atol=1e-5 * ref.max())
+    c_xx = cost[:, 50:]
+    assert np.array_equal(c_xx, c_xx.T)
+    assert not np.diagonal(c_xx).any()
+
+
+def test_matrix_passes_in_numpy_and_torch_give_the_same_potentials():
+    """The two ways of running the loop's passes over the matrix agree to 1e-12 on a CNN-shaped
+    problem (128 x 228 entries, 3072 features, rows of no mass included)."""
+    g = torch.Generator().manual_seed(11)
+    x, y = torch.randn(128, 3072, generator=g), torch.randn(100, 3072, generator=g)
+    a = torch.rand(128, generator=g) + 0.5
+    a[5] = -1.0
+    div = SinkhornDivergence(y, torch.ones(100), 1.1 * float(torch.cdist(x, y).max()))
+    alpha, log_ma = normalised_masses(a.double().numpy(), ZERO_MASS_LOG)
+    args = (div.solve_eps, div._host_cost(x), alpha, div._beta_host, ZERO_MASS_LOG - log_ma)
+    saved, out = host.TORCH_MIN_ENTRIES, []
+    try:
+        for threshold in (0, 10**9):
+            host.TORCH_MIN_ENTRIES = threshold
+            out.append(kernel_potentials(*args))
+    finally:
+        host.TORCH_MIN_ENTRIES = saved
+    for mine, theirs in zip(*out):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-12, atol=1e-12 * np.abs(theirs).max())
