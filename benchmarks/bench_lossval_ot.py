@@ -16,6 +16,10 @@ and J, top functions by internal time. Run::
     OMP_NUM_THREADS=1 python -m benchmarks.bench_lossval_ot --workload cnn --valid 100 --fit-ratios
     OMP_NUM_THREADS=1 python -m benchmarks.bench_lossval_ot --valid 100 --signal-share
     OMP_NUM_THREADS=1 python -m benchmarks.bench_lossval_ot --valid 100 --detection runs.csv
+    OMP_NUM_THREADS=1 python -m benchmarks.bench_lossval_ot --baseline main --workload cnn --valid 100
+
+``--baseline REV`` times the OT call of the solver at a git revision against this tree's
+(``lossval/sinkhorn.py`` and ``lossval/host.py`` read with ``git show``), interleaved in one process.
 """
 
 from __future__ import annotations
@@ -150,6 +154,95 @@ def fit_ratios(
     return {name: statistics.median(r) for name, r in ratios.items()}
 
 
+def solver_at_revision(rev: str):
+    """The ``SinkhornDivergence`` class of ``lossval/sinkhorn.py`` and ``lossval/host.py`` as they
+    are at git revision ``rev`` (read with ``git show``; the rest of the library from this tree)."""
+    import subprocess
+    import types
+
+    def load(name: str) -> types.ModuleType:
+        path = f"lightning_dv/methods/lossval/{name}.py"
+        src = subprocess.run(
+            ["git", "show", f"{rev}:{path}"], capture_output=True, text=True, check=True
+        ).stdout
+        module = types.ModuleType(f"{name}@{rev}")
+        exec(compile(src, f"{rev}:{path}", "exec"), module.__dict__)
+        return module
+
+    old_host, old_sinkhorn = load("host"), load("sinkhorn")
+    old_sinkhorn.host, old_sinkhorn.kernel_potentials = old_host, old_host.kernel_potentials
+    return old_sinkhorn.SinkhornDivergence, old_host.kernel_potentials
+
+
+def compare_revision(
+    rev: str, valid: int, workload: str = "mlp", repeats: int = 15, batches: int = 8
+) -> dict[str, dict[str, float]]:
+    """The OT call of the solver at ``rev`` against this tree's, interleaved in one process (thread
+    CPU time, median over repeats of the mean over ``batches`` fresh batches): the host cost matrix,
+    the host loop, and the whole call with its backward; plus the largest relative difference of
+    the value and of the batch-centred mass gradient (weights spread over [0.5, 1.5]).
+
+    Example:
+        >>> res = compare_revision("HEAD", 20, repeats=1, batches=1)
+        >>> sorted(res), res["diff"]["value"]
+        (['HEAD', 'diff', 'this tree'], 0.0)
+    """
+    import numpy as np
+
+    from benchmarks.overhead import validation_data
+    from lightning_dv.methods.lossval.host import kernel_potentials
+    from lightning_dv.methods.lossval.ot import bounding_diameter
+    from lightning_dv.methods.lossval.sinkhorn import SinkhornDivergence
+
+    b = 32 if workload == "mlp" else 128
+    if workload == "mlp":
+        x_all = torch.from_numpy(synthetic_data(b * batches, seed=0)[0]).float()
+        y = torch.from_numpy(synthetic_data(valid, seed=1)[0]).float()
+    else:
+        from benchmarks.fitting import PooledImages
+
+        x_all = PooledImages(b * batches, pool=b * batches).images.reshape(b * batches, -1)
+        y = torch.from_numpy(validation_data("cnn", valid)[0]).reshape(valid, -1).float()
+    xs = [x_all[i * b : (i + 1) * b].contiguous() for i in range(batches)]
+    diameter = 1.1 * bounding_diameter(y, xs[0])
+    old_cls, old_loop = solver_at_revision(rev)
+    solvers = {rev: (old_cls(y, torch.ones(valid), diameter), old_loop)}
+    solvers["this tree"] = (SinkhornDivergence(y, torch.ones(valid), diameter), kernel_potentials)
+    alpha = np.full(b, 1.0 / b)
+    times = {name: {"cost": [], "loop": [], "call": []} for name in solvers}
+    for _ in range(repeats):
+        for name, (div, loop) in solvers.items():
+            spent = dict.fromkeys(("cost", "loop", "call"), 0.0)
+            for x in xs:
+                t0 = time.thread_time()
+                cost = div._host_cost(x)
+                t1 = time.thread_time()
+                loop(div.solve_eps, cost, alpha, div._beta_host)
+                t2 = time.thread_time()
+                a = torch.ones(b, requires_grad=True)
+                div(a, x).backward()
+                t3 = time.thread_time()
+                spent["cost"] += t1 - t0
+                spent["loop"] += t2 - t1
+                spent["call"] += t3 - t2
+            for part, seconds in spent.items():
+                times[name][part].append(1e3 * seconds / batches)
+    out = {name: {part: statistics.median(v) for part, v in parts.items()} for name, parts in times.items()}
+    worst = {"value": 0.0, "gradient": 0.0}
+    for x in xs:
+        results = []
+        for div, _ in solvers.values():
+            a = torch.linspace(0.5, 1.5, b).requires_grad_()
+            value = div(a, x)
+            value.backward()
+            results.append((float(value), a.grad - a.grad.mean()))
+        (v0, g0), (v1, g1) = results
+        worst["value"] = max(worst["value"], abs(v1 - v0) / abs(v0))
+        worst["gradient"] = max(worst["gradient"], float((g1 - g0).norm() / g0.norm()))
+    out["diff"] = worst
+    return out
+
+
 def detection_host_vs_torch(seeds=(0,), noise_rates=(0.1,), datasets=None):
     """The protocol's ``lossval`` (30 epochs, defaults) with the host loop and with the torch loop
     on identical splits: one row per run and loop (F1, AUROC, model accuracy), as a DataFrame."""
@@ -257,8 +350,31 @@ def main() -> None:
         metavar="CSV",
         help="also the protocol's lossval with the host and the torch loop (seed 0, 10%% noise); rows to CSV",
     )
+    parser.add_argument(
+        "--baseline",
+        type=str,
+        default=None,
+        metavar="REV",
+        help="only: the OT call (cost matrix, loop, call + backward) of the solver at git revision REV "
+        "against this tree's, interleaved, for each --valid on --workload",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.baseline:
+        print(
+            "| workload | J | solver | cost matrix (ms) | loop (ms) | call + backward (ms) |\n|---|---|---|---|---|---|"
+        )
+        for j in args.valid:
+            res = compare_revision(args.baseline, j, args.workload, args.repeats)
+            diff = res.pop("diff")
+            for name, t in res.items():
+                print(
+                    f"| {args.workload} | {j:,} | {name} | {t['cost']:.3f} | {t['loop']:.3f} | {t['call']:.3f} |"
+                )
+            print(
+                f"| | | largest relative difference: value {diff['value']:.1e}, centred gradient {diff['gradient']:.1e} | | | |"
+            )
+        return
     if args.signal_share:
         print("| masses | std(OT part) / std(loss part), median | min corr(with, without OT part) |")
         print("|---|---|---|")

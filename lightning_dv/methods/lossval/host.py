@@ -105,8 +105,9 @@ def _kernel_loop(
     lo, hi = LOG_SUM_RANGE
     # large matrices: the three passes over the matrix as torch ops on the same memory (module docstring)
     in_torch = cost.size >= TORCH_MIN_ENTRIES
-    work_t, kernel_t, cost_t = torch.from_numpy(work), torch.from_numpy(kernel), torch.from_numpy(cost)
-    rows_t, cols_t = torch.from_numpy(rows).T, torch.from_numpy(cols)
+    if in_torch:
+        work_t, kernel_t, cost_t = torch.from_numpy(work), torch.from_numpy(kernel), torch.from_numpy(cost)
+        rows_t, cols_t = torch.from_numpy(rows).T, torch.from_numpy(cols)
     for n, (eps, w) in enumerate(steps):
         if in_torch:
             torch.addmm(cost_t, rows_t, cols_t, beta=-1.0 / eps, alpha=1.0 / eps, out=work_t)
