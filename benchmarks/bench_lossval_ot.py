@@ -184,8 +184,8 @@ def compare_revision(
 
     Example:
         >>> res = compare_revision("HEAD", 20, repeats=1, batches=1)
-        >>> sorted(res), res["diff"]["value"]
-        (['HEAD', 'diff', 'this tree'], 0.0)
+        >>> sorted(res), sorted(res["diff"])
+        (['HEAD', 'diff', 'this tree'], ['gradient', 'value'])
     """
     import numpy as np
 
