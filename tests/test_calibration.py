@@ -191,7 +191,8 @@ def test_aum_gate_flags_only_rows_whose_label_loses_and_rejects_bad_gates():
     margin = np.asarray(gated.columns["aum_margin"])
     np.testing.assert_array_equal(margin, np.asarray(plain.columns["aum_margin"]))  # same fit
     flags = two_means_split(gated.values).numpy()
-    assert (margin[flags] < 0).all() and (margin[two_means_split(plain.values).numpy()] >= 0).any()
+    tolerance = 0.1 * 1.4826 * np.median(np.abs(margin - np.median(margin)))  # AUM's default gate_tolerance
+    assert (margin[flags] < -tolerance).all() and (margin[two_means_split(plain.values).numpy()] >= 0).any()
     assert flags.sum() < two_means_split(plain.values).sum()
     assert kmeans_f1(gated.values, s.noisy) >= kmeans_f1(plain.values, s.noisy)
     assert detection_auroc(gated.values, s.noisy) == pytest.approx(detection_auroc(plain.values, s.noisy))
@@ -220,3 +221,40 @@ def test_robust_clip_and_score_equal_the_plain_float64_formula(dtype, monkeypatc
         fence = max(3.0, 0.5 * x.numel() ** 0.5)
         zc = z.clamp(-fence, fence)
         assert torch.equal(robust_clip(x, upper_scale=0.1), torch.where(zc > 0, zc * 0.1, zc).float())
+
+
+@pytest.mark.parametrize("n", [5, 40, 400])
+def test_gate_tolerance_flags_the_brute_force_rule_and_keeps_the_order(n):
+    """calibrate(gate=g, gate_tolerance=t): 2-means on the output flags exactly the rows of the
+    brute-force rule "low 2-means cluster of the clipped robust score AND x < g - t * 1.4826 MAD"
+    (written out in numpy with torch's lower median, odd and even n), and the order is kept."""
+    from lightning_dv.metrics import two_means_split
+
+    rng = np.random.default_rng(n)
+    for trial in range(30):
+        x = np.concatenate([rng.normal(2.0, 1.0, n - n // 5), rng.normal(-1.5, 1.0 + trial / 10, n // 5)])
+        tol = [0.0, 0.1, 0.5, 2.0][trial % 4]
+        lower_median = lambda v: np.sort(v)[(len(v) - 1) // 2]  # torch's median: the lower middle  # noqa: E731
+        med = lower_median(x)
+        mad = 1.4826 * lower_median(np.abs(x - med))
+        z = np.clip((x - med) / mad, -max(3.0, 0.5 * np.sqrt(n)), np.inf)
+        want = two_means_split(np.where(z > 0, 0.1 * np.minimum(z, max(3.0, 0.5 * np.sqrt(n))), z)).numpy()
+        want &= x < 0.0 - tol * mad
+        out = calibrate(torch.as_tensor(x), gate=0.0, gate_tolerance=tol)
+        if want.any() and not want.all():
+            assert np.array_equal(two_means_split(out).numpy(), want)
+        order = np.argsort(x, kind="stable")
+        assert (np.diff(out.numpy()[order]) >= 0).all()
+    # tolerance 0 is the plain gate; a bad tolerance names the argument
+    x = torch.as_tensor(rng.normal(size=50))
+    from lightning_dv.methods.calibration import gate_low_cluster
+
+    assert torch.equal(
+        calibrate(x, gate=0.0, gate_tolerance=0.0),
+        gate_low_cluster(robust_clip(x, None, 0.1).double(), x < 0),
+    )
+    for bad in (-0.1, float("inf"), "0.1", True):
+        with pytest.raises(ValueError, match="gate_tolerance"):
+            calibrate(x, gate=0.0, gate_tolerance=bad)
+        with pytest.raises(ValueError, match="gate_tolerance"):
+            AUM(gate_tolerance=bad)

@@ -7,7 +7,8 @@ Each time row ``i`` is seen, before the optimizer step, its margin is recorded::
     AUM(i) = (1/T) sum_{t <= T} M_t(i)                        (T = min(epochs, window))
     T = clip(argbest_{e <= max_window} monitor_e, window, max_window)   (with ``monitor=``)
     value_i = calibrate(AUM)(i)                               (clipped robust score, compact upper half)
-    flagged = low 2-means cluster of the values AND AUM(i) < 0      (``gate=0``)
+    flagged = low 2-means cluster of the values AND AUM(i) < -0.1 s (``gate=0``, ``gate_tolerance=0.1``;
+              s = 1.4826 MAD of the AUMs)
 
 Why: a mislabelled row is pulled towards its wrong label only by memorisation, against the
 generalisation from similar rows, so its margin stays low or negative early in training; the
@@ -17,7 +18,8 @@ does the same, so the values do not depend on how long the user trains. The cali
 have a long upper tail. The gate keeps rows whose assigned label still wins on average (AUM >= 0)
 out of the flagged cluster: at 10% noise 2-means alone flagged 16.7% of the rows on the selection
 seeds (up to 24%), the gate 14.7%, exactly the noise rate where the model fits the labels (e.g.
-make_classification 20% -> 14%, wine 13% -> 11%); figures in benchmarks/README.md. The objective changes nothing about training: the loss is the plain mean
+make_classification 20% -> 14%, wine 13% -> 11%); the tolerance (a tenth of the margins' robust
+spread below 0) also leaves out the undecided rows at the boundary; figures in benchmarks/README.md. The objective changes nothing about training: the loss is the plain mean
 of the per-sample loss. With ``monitor=`` (a validation metric the user logs, as for
 ``EarlyStopping``) the window runs on past ``window`` epochs, up to ``max_window``, for as long as
 that metric still improves: a model that is still learning after 10 epochs (held-out loss falling)
@@ -110,6 +112,9 @@ class AUM(ValuationObjective):
         gate: Rows whose mean margin is at or above it are never in the low (flagged) 2-means
             cluster of the values (default 0: the assigned label wins on average); the flagged
             rows are exported far below the rest (order kept). ``None``: plain 2-means.
+        gate_tolerance: How far below ``gate`` a flagged row's mean margin must be, in robust
+            standard deviations of the mean margins (``1.4826 MAD``; default 0.1). 0: any margin below
+            the gate.
         monitor: Name of a logged metric (e.g. ``"val_loss"``, from the user's
             ``validation_step``). The value then averages each row's margins up to the epoch
             where the metric was best, at least ``window`` and at most ``max_window`` epochs.
@@ -135,6 +140,7 @@ class AUM(ValuationObjective):
         fence: float | None = None,
         upper_scale: float = 0.1,
         gate: float | None = 0.0,
+        gate_tolerance: float = 0.1,
         monitor: str | None = None,
         mode: str = "min",
         max_window: int = 30,
@@ -150,11 +156,12 @@ class AUM(ValuationObjective):
             if max_window < window:
                 raise ValueError(f"`max_window` ({max_window}) must be at least `window` ({window}).")
         self.monitor, self.mode, self.max_window = monitor, mode, int(max_window)
-        check_calibration(calibration, fence, upper_scale)
+        check_calibration(calibration, fence, upper_scale, gate_tolerance)
         if gate is not None and (isinstance(gate, bool) or not isinstance(gate, (int, float))):
             raise ValueError(f"`gate` must be a margin (a number) or None (plain 2-means); got {gate!r}.")
         self.window, self.calibration = window, calibration
         self.gate = None if gate is None else float(gate)
+        self.gate_tolerance = float(gate_tolerance)
         self.fence, self.upper_scale = fence, float(upper_scale)
 
     def build(self, num_rows: int) -> AUMState:
@@ -203,7 +210,15 @@ class AUM(ValuationObjective):
 
     def values(self, state: nn.Module) -> Tensor:
         mean, seen = self._mean_seen(state)
-        return calibrate(mean, self.calibration, self.fence, self.upper_scale, seen=seen, gate=self.gate)
+        return calibrate(
+            mean,
+            self.calibration,
+            self.fence,
+            self.upper_scale,
+            seen=seen,
+            gate=self.gate,
+            gate_tolerance=self.gate_tolerance,
+        )
 
     def extra_columns(self, state: nn.Module) -> dict[str, Tensor]:
         cols = {
