@@ -3,13 +3,16 @@
 Three views, each in one process:
 
 - ``weights``: the per-row weights' read and step in a tight loop (softplus, batch 32), dense
-  and row-sparse (NumPy and torch paths) at N = 10^3 and 10^6, interleaved blocks, medians.
+  and row-sparse (NumPy path) at N = 10^3 and 10^4, row-sparse (NumPy and torch paths) at
+  N = 10^6, interleaved blocks, medians.
 - ``fit``: NDDV fits of 60 steps, plain / row-sparse NumPy / row-sparse torch / dense weights
   interleaved, median of each repeat's step ratio over the plain fit.
-- ``parts``: inclusive CPU time per step of the hot-path functions in an NDDV fit (each wrapped
-  with a timer; the wrappers add ~1 us per call).
+- ``parts``: inclusive CPU time per step of the hot-path functions in an NDDV or AUM fit (each
+  wrapped with a timer; the wrappers add ~1 us per call), next to the median step of the fit and
+  of a plain fit (fits of 60 steps at N > 10^4, else 3 epochs; ``--objective``).
 
-Usage: ``OMP_NUM_THREADS=1 python -m benchmarks.bench_step_profile {weights,fit,parts} [--rows N]``.
+Usage: ``OMP_NUM_THREADS=1 python -m benchmarks.bench_step_profile {weights,fit,parts} [--rows N]
+[--objective nddv|aum]``.
 Results: docs/scaling.md.
 """
 
@@ -30,18 +33,33 @@ HOT_PATH = (
     ("lightning_dv.callbacks.data_valuation", "DataValuation.compute_loss"),
     ("lightning_dv.callbacks.data_valuation", "DataValuation.on_before_optimizer_step"),
     ("lightning_dv.methods.nddv.objective", "NDDV.loss"),
+    ("lightning_dv.methods.aum.objective", "AUM.loss"),
+    ("lightning_dv.methods.aum.objective", "assigned_margin"),
     ("lightning_dv.methods.weights", "SampleWeights.forward"),
-    ("lightning_dv.methods.weights", "SampleWeights.adam_step"),
+    ("lightning_dv.methods.weights", "SampleWeights.current_raw"),
+    ("lightning_dv.methods.weights", "SampleWeights._host_raw"),
+    ("lightning_dv.methods.weights", "SampleWeights._host_take_and_step"),
+    ("lightning_dv.methods.weights", "SampleWeights._dense_step"),
+    ("lightning_dv.methods.weights", "SampleWeights._take"),
+    ("lightning_dv.methods.host_adam", "HostRowAdam.remaining"),
+    ("lightning_dv.methods.host_adam", "HostRowAdam.step"),
+    ("lightning_dv.methods.weights", "merge_rows"),
+    ("lightning_dv.methods.nddv.state", "NDDVState.record"),
+    ("lightning_dv.methods.nddv.state", "NDDVState.flush"),
     ("lightning_dv.distributed", "RowStatistics.update"),
-    ("lightning_dv.methods.nddv.state", "WeightedMean.update"),
+    ("lightning_dv.callbacks.guards", "VisitCounter.add"),
+    ("lightning_dv.callbacks.collect", "RowLabels.record"),
+    ("lightning_dv.callbacks.data_valuation", "check_step_values"),
+    ("lightning_dv.callbacks.data_valuation", "check_step_arguments"),
+    ("lightning_dv.callbacks.data_valuation", "returned_loss"),
 )
 
 
 def weights_loop(blocks: int = 30, per_block: int = 40) -> dict[str, tuple[float, float]]:
     """``variant -> (median read us, median step us)`` of the weights alone."""
-    variants = {"dense 1e3": (1000, 10**9, True), "sparse numpy 1e3": (1000, 0, True)}
-    variants |= {"sparse numpy 1e6": (10**6, 0, True), "sparse torch 1e3": (1000, 0, False)}
-    variants["sparse torch 1e6"] = (10**6, 0, False)
+    variants = {"dense 1e3": (1000, 10**9, True), "dense 1e4": (10**4, 10**9, True)}
+    variants |= {"sparse numpy 1e3": (1000, 0, True), "sparse numpy 1e4": (10**4, 0, True)}
+    variants |= {"sparse numpy 1e6": (10**6, 0, True), "sparse torch 1e6": (10**6, 0, False)}
     g = torch.Generator().manual_seed(0)
     made = {}
     for name, (n, dense_below, host) in variants.items():
@@ -53,7 +71,7 @@ def weights_loop(blocks: int = 30, per_block: int = 40) -> dict[str, tuple[float
             for _ in range(per_block):
                 idx = (
                     torch.randperm(n, generator=g)[:32]
-                    if n <= 1000
+                    if n <= 10**4
                     else torch.randint(0, n, (32,), generator=g)
                 )
                 t0 = time.thread_time_ns()
@@ -106,15 +124,22 @@ def fit_ratios(rows: int, repeats: int = 7) -> dict[str, float]:
     return {k: statistics.median(a / b for a, b in zip(v, steps["plain"])) for k, v in steps.items()}
 
 
-def parts(rows: int) -> dict[str, float]:
-    """Inclusive CPU time per step (us) of the hot-path functions in one NDDV fit."""
+def parts(rows: int, objective: str = "nddv") -> dict[str, float]:
+    """Inclusive CPU time per step (us) of the hot-path functions in one fit with ``objective``,
+    and the median step (us) of that fit and of a plain fit of the same data."""
     from benchmarks.overhead import objective_factories, time_fit, workload_data
 
     total, calls = collections.Counter(), collections.Counter()
+    originals = []
     for module, qualname in HOT_PATH:
-        owner_name, attr = qualname.split(".")
-        owner = getattr(importlib.import_module(module), owner_name)
-        original = getattr(owner, attr)
+        names = qualname.split(".")
+        owner = importlib.import_module(module) if len(names) == 1 else None
+        if owner is None:
+            owner = getattr(importlib.import_module(module), names[0])
+        attr = names[-1]
+        original = getattr(owner, attr, None)
+        if original is None:
+            continue
 
         def timed(*args, _f=original, _q=qualname, **kwargs):
             t0 = time.thread_time_ns()
@@ -124,20 +149,27 @@ def parts(rows: int) -> dict[str, float]:
                 total[_q] += time.thread_time_ns() - t0
                 calls[_q] += 1
 
+        originals.append((owner, attr, original))
         setattr(owner, attr, timed)
     x, y = workload_data("mlp", rows)
     epochs, batches = (3, None) if rows <= 10_000 else (1, 60)
-    time_fit(
-        x, y, objective_factories()["nddv"](None, None), epochs, batches, measure_memory=False, clock="cpu"
-    )
+    factory = objective_factories()[objective]
+    try:
+        plain = time_fit(x, y, None, epochs, batches, measure_memory=False, clock="cpu")[2]
+        step = time_fit(x, y, factory(None, None), epochs, batches, measure_memory=False, clock="cpu")[2]
+    finally:
+        for owner, attr, original in originals:
+            setattr(owner, attr, original)
     steps = calls["DataValuation.on_before_optimizer_step"]
-    return {q: total[q] / steps / 1e3 for _, q in HOT_PATH if calls[q]}
+    out = {"median step, plain fit": plain * 1e6, f"median step, {objective} fit": step * 1e6}
+    return out | {q: total[q] / steps / 1e3 for _, q in HOT_PATH if calls[q]}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("view", choices=("weights", "fit", "parts"))
     parser.add_argument("--rows", type=int, nargs="+", default=[1000, 1_000_000])
+    parser.add_argument("--objective", choices=("nddv", "aum"), default="nddv", help="parts view only")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.view == "weights":
@@ -145,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name:18s} read {read:7.1f} us  step {step:7.1f} us")
         return
     for rows in args.rows:
-        result = fit_ratios(rows) if args.view == "fit" else parts(rows)
+        result = fit_ratios(rows) if args.view == "fit" else parts(rows, args.objective)
         for name, value in result.items():
             print(f"N={rows:<9,d} {name:42s} {value:8.2f}{'x' if args.view == 'fit' else ' us/step'}")
 

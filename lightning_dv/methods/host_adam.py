@@ -45,7 +45,7 @@ def merge_rows(rows: np.ndarray, grads: np.ndarray, values: np.ndarray, world_si
         ([0, 2], [3.0, 2.0], [0.1, 0.5])
     """
     ordered = np.sort(rows)
-    if ordered.size < 2 or bool((ordered[1:] != ordered[:-1]).all()):
+    if ordered.size < 2 or not np.count_nonzero(ordered[1:] == ordered[:-1]):
         return rows, (grads / world_size if world_size > 1 else grads), values
     uniq, inverse = np.unique(rows, return_inverse=True)
     summed = np.bincount(inverse, weights=grads, minlength=uniq.size).astype(grads.dtype)
@@ -67,8 +67,8 @@ class HostRowAdam:
         >>> last = np.zeros(3, np.int32)
         >>> rows = np.array([1])
         >>> adam.step(raw, m, v, last, rows, np.array([1.0], np.float32), raw[rows], now=1)
-        >>> round(float(raw[1] + adam.remaining(m[rows], v[rows], last[rows], np.array([0]), now=1)[0]), 4)
-        0.9
+        >>> [round(float(x), 4) for x in adam.read(raw, m, v, last, rows, now=1)]
+        [0.9]
         >>> exact = adam.tail(m[rows], v[rows], last[rows], np.array([5]), now=6)
         >>> bool(np.isclose(adam.remaining(m[rows], v[rows], last[rows], np.array([5]), now=6), exact, rtol=1e-12))
         True
@@ -88,12 +88,15 @@ class HostRowAdam:
         tiny = math.log(2.0**-54)
         self.cap = 1 + max(math.ceil(tiny / math.log(b)) if b > 0 else 1 for b in betas)
         self._a1 = self._a2 = np.empty(0)
-        # G_j(t0, b) of the last K and the next K steps (slot t0 % 2K; b = K: zero), the step each holds.
-        self._series = np.zeros((2 * window, window + 1, self.ORDER))
+        # lr G_j(t0, b) of the last K and the next K steps, [j, slot t0 % 2K, b] (b = K: zero), read
+        # through the flat view [j, slot (K + 1) + b] with one ``take``; the step each slot holds.
+        self._series = np.zeros((self.ORDER, 2 * window, window + 1))
+        self._flat = self._series.reshape(self.ORDER, -1)
         self._slot_step = np.full(2 * window, -1, dtype=np.int64)
         self._filled_since: int | None = None  # every step since this one filled its slot
         # c_k >= b2^(K/2): below this sqrt(v) the series is not used.
         self._u_min = eps / (self.RATIO * self.q2[-1])
+        self._scalars: dict[int, tuple] = {}  # per-step numbers of the next K steps
 
     def _tables(self, upto: int) -> tuple[np.ndarray, np.ndarray, bool]:
         """``1 / (1 - b1^s)`` and ``1 / sqrt(1 - b2^s)`` for ``s = 0..min(upto, cap)`` (grown by doubling); capped?"""
@@ -127,43 +130,105 @@ class HostRowAdam:
     def reset(self) -> None:
         """Check the tables of recent steps again at the next reads (after a load, or steps taken elsewhere)."""
         self._filled_since = None
+        self._scalars = {}
 
     def _fill(self, t0: np.ndarray, now: int) -> None:
-        """Compute ``G_j(t0, b)`` (``b = 0 .. K``; zero at ``K``) of the distinct steps ``t0`` into their slots."""
+        """Compute ``lr G_j(t0, b)`` (``b = 0 .. K``; zero at ``K``) of the distinct steps ``t0`` into their slots."""
         s = self._steps(t0, int(t0.max()))
         a = self.p1 * self._a1.take(s)  # (T, K)
         c = self.q2 * self._a2.take(s)
         terms = a[:, None, :] / c[:, None, :] ** self._powers  # (T, J, K): a_k / c_k^(j+1)
         suffix = np.cumsum(terms[:, :, ::-1], axis=2)[:, :, ::-1]  # suffix[.., i] = sum_{k > i}
-        slots = t0 % self._series.shape[0]
-        self._series[slots, : self.window] = suffix.transpose(0, 2, 1)  # [slot, b, j]
+        slots = t0 % self._series.shape[1]
+        self._series[:, slots, : self.window] = self.lr * suffix.transpose(1, 0, 2)  # [j, slot, b]
         self._slot_step[slots] = t0
 
-    def _series_sum(self, m: np.ndarray, v: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``lr (m / u) sum_j (-eps / u)^j g_j`` per row, and the rows the series does not serve."""
+    def _series_sum(self, m: np.ndarray, v: np.ndarray, g0, g1, g2) -> tuple[np.ndarray, np.ndarray]:
+        """``(m / u) sum_j (-eps / u)^j lr g_j`` per row, and the rows the series does not serve.
+
+        ``g_j``: per-row arrays or one number each (rows of one step). About a dozen NumPy calls on
+        the batch: ``u`` is floored at the smallest ``sqrt(v)`` the series serves, so no division
+        warns (rows below it, zero ``u`` included, are reported and recomputed by the caller).
+        """
         u = np.sqrt(v, dtype=np.float64)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            x = self.eps / u
-            out = (self.lr * m.astype(np.float64) / u) * (g[..., 0] - x * (g[..., 1] - x * g[..., 2]))
-        return out, ~(u > self._u_min)  # x too large for the series, zero u
+        exact = u <= self._u_min
+        np.maximum(u, self._u_min, out=u)
+        x = self.eps / u
+        out = x * g2
+        np.subtract(g1, out, out=out)
+        out *= x
+        np.subtract(g0, out, out=out)
+        out *= m
+        out /= u
+        return out, exact
+
+    def _exact_rows(self, out, exact, m, v, t0, after, now) -> None:
+        """Replace the series' result of the ``exact`` rows by their summed ``K`` terms (zero if no gradient yet)."""
+        out[exact] = 0.0  # rows that never had a gradient: no tail
+        exact &= (m != 0) & (after < self.window)
+        if exact.any():
+            out[exact] = self.tail(m[exact], v[exact], t0[exact], after[exact], now)
 
     def remaining(
         self, m: np.ndarray, v: np.ndarray, t0: np.ndarray, after: np.ndarray, now: int
     ) -> np.ndarray:
         """``R(after)``: each row's tail terms ``k > after`` after its update at ``t0`` (zero once ``after >= K``)."""
         K = self.window
-        slots = t0 % self._series.shape[0]
+        slots = t0 % (2 * K)
         if self._filled_since is None or self._filled_since > now - K:  # K steps after a start or a load
             stale = (self._slot_step[slots] != t0) & (after < K) & (m != 0)
             if stale.any():
                 self._fill(np.unique(t0[stale]), now)
-        out, exact = self._series_sum(m, v, self._series[slots, np.minimum(after, K)])
+        slots *= K + 1
+        slots += np.minimum(after, K)
+        g0, g1, g2 = self._flat.take(slots, axis=1)
+        out, exact = self._series_sum(m, v, g0, g1, g2)
         if exact.any():
-            out[exact] = 0.0  # rows that never had a gradient: no tail
-            exact &= (m != 0) & (after < K)
-            if exact.any():
-                out[exact] = self.tail(m[exact], v[exact], t0[exact], after[exact], now)
+            self._exact_rows(out, exact, m, v, t0, after, now)
         return out
+
+    def read(
+        self,
+        raw: np.ndarray,
+        exp_avg: np.ndarray,
+        exp_avg_sq: np.ndarray,
+        last_step: np.ndarray,
+        rows: np.ndarray,
+        now: int,
+        min_value: float | None = None,
+    ) -> np.ndarray:
+        """The raw values of ``rows`` as dense Adam holds them after ``now`` steps (float32, a new array).
+
+        The stored value plus the tail not yet due, for rows touched in the last ``K`` steps only
+        (one ``max`` decides whether any is); ``min_value``: clamped (``"clamp"``).
+        """
+        out = raw[rows]
+        last = last_step[rows]
+        if rows.size and last.max() > now - self.window:  # some row's tail is still open
+            tail = self.remaining(exp_avg[rows], exp_avg_sq[rows], last, now - last, now)
+            np.add(out, tail, out=out, casting="same_kind")
+        if min_value is not None:
+            np.maximum(out, np.float32(min_value), out=out)
+        return out
+
+    def _step_scalars(self, now: int) -> tuple:
+        """Per-step numbers: ``sqrt(1 - b2^now)``, ``lr / (1 - b1^now)`` (float32), ``lr G_j(now, 0)``.
+
+        Computed with the tables of the next ``K`` steps (one dictionary look-up per step).
+        """
+        scalars = self._scalars.pop(now, None)
+        if scalars is None:
+            if self._filled_since is None:
+                self._filled_since = now  # every step from here on has its table
+            upcoming = np.arange(now, now + self.window)
+            self._fill(upcoming, now)
+            b1, b2 = self.betas
+            c2 = np.sqrt(1 - b2 ** upcoming.astype(np.float64)).astype(np.float32)
+            size = (self.lr / (1 - b1 ** upcoming.astype(np.float64))).astype(np.float32)
+            g = self._series[:, upcoming % (2 * self.window), 0].tolist()
+            self._scalars = dict(zip(upcoming.tolist(), zip(c2, size, *g)))
+            scalars = self._scalars.pop(now)
+        return scalars
 
     def step(
         self,
@@ -183,25 +248,33 @@ class HostRowAdam:
         ``raw`` keeps each updated row with its whole future tail applied.
         """
         b1, b2 = self.betas
+        c2, step_size, g0, g1, g2 = self._step_scalars(now)
         gap = now - last_step[rows]  # zero-gradient steps since the last touch decay the moments
         g = grads.astype(np.float64)
-        m = (exp_avg[rows] * np.power(b1, gap) + (1 - b1) * g).astype(np.float32)
-        v = (exp_avg_sq[rows] * np.power(b2, gap) + (1 - b2) * g * g).astype(np.float32)
-        denom = np.sqrt(v) / np.float32(math.sqrt(1 - b2**now)) + np.float32(self.eps)
-        after = before - np.float32(self.lr / (1 - b1**now)) * m / denom
+        m = np.power(b1, gap)
+        m *= exp_avg[rows]
+        m += (1 - b1) * g
+        m = m.astype(np.float32)
+        v = np.power(b2, gap)
+        v *= exp_avg_sq[rows]
+        g *= g
+        g *= 1 - b2
+        v += g
+        v = v.astype(np.float32)
+        denom = np.sqrt(v)
+        denom /= c2
+        denom += np.float32(self.eps)
+        after = step_size * m
+        after /= denom
+        np.subtract(before, after, out=after)
         if min_value is not None:
             np.maximum(after, np.float32(min_value), out=after)
-        if self._filled_since is None:
-            self._filled_since = now  # every step from here on has its table
-        slot = now % self._series.shape[0]
-        if self._slot_step[slot] != now:  # the tables of the next K steps at once (K x J x K numbers)
-            self._fill(np.arange(now, now + self.window), now)
-        whole, exact = self._series_sum(m, v, self._series[slot, 0])
+        whole, exact = self._series_sum(m, v, g0, g1, g2)
         if exact.any():
-            whole[exact] = self.tail(
-                m[exact], v[exact], np.full(rows.size, now)[exact], np.zeros(int(exact.sum()), int), now
-            )
+            t0 = np.full(rows.size, now, dtype=np.int64)
+            self._exact_rows(whole, exact, m, v, t0, np.zeros(rows.size, np.int64), now)
         exp_avg[rows] = m
         exp_avg_sq[rows] = v
         last_step[rows] = now
-        raw[rows] = after - whole
+        np.subtract(after, whole, out=whole)
+        raw[rows] = whole

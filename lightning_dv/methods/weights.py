@@ -131,11 +131,46 @@ class SampleWeights(Float32Module):
         self.exp_avg_sq = frozen_parameter(torch.zeros(num_samples))
         self.last_step = frozen_parameter(torch.zeros(num_samples, dtype=torch.int32))
         self.step = frozen_parameter(torch.zeros((), dtype=torch.int64))
-        self._pending: list[tuple[Tensor, Tensor]] = []
+        # per read: (rows, leaf) and, on the host path, the rows and values read as NumPy arrays
+        self._pending: list[tuple[Tensor, Tensor, np.ndarray | None, np.ndarray | None]] = []
         self._now: int | None = None  # host copy of ``step``: no device sync per step
-        #: Row-sparse reads and steps of CPU tensors through NumPy views (False: the torch path,
-        #: which other devices take; the two are equal to rounding).
-        self.host = True
+        self._views: tuple[np.ndarray, ...] | None = None
+        self._host = True
+
+    @property
+    def host(self) -> bool:
+        """Row-sparse reads and steps of CPU tensors through NumPy views (False: the torch path,
+        which other devices take; the two are equal to rounding)."""
+        return self.__dict__.get("_host", True)
+
+    @host.setter
+    def host(self, value: bool) -> None:
+        self._host = bool(value)
+        self._views = None
+
+    def _host_views(self) -> tuple[np.ndarray, ...] | None:
+        """Zero-copy NumPy views ``(raw, exp_avg, exp_avg_sq, last_step, step)`` of CPU tensors (None: not on host).
+
+        Made once and kept while ``raw`` keeps its storage (a device move, a ``load_state_dict(...,
+        assign=True)`` or a copy of the module makes new ones): per step no ``Tensor.numpy()`` call.
+        """
+        views = self.__dict__.get("_views")
+        if views is not None and views[5] == self.raw.data_ptr():
+            return views
+        if not (self.host and self.raw.device.type == "cpu"):
+            return None
+        tensors = (self.raw, self.exp_avg, self.exp_avg_sq, self.last_step, self.step)
+        self._views = (*(t.detach().numpy() for t in tensors), self.raw.data_ptr())
+        return self._views
+
+    def __getstate__(self):  # views of this module's storage must not travel with a copy
+        state = super().__getstate__()
+        state["_views"] = None
+        return state
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
+        self._views = None
+        return super()._apply(fn, recurse)
 
     def configure(
         self, lr: float = 0.01, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
@@ -206,24 +241,17 @@ class SampleWeights(Float32Module):
         return raw.clamp(min=self.min_value) if self.constraint == "clamp" else raw
 
     def _on_host(self, rows: Tensor) -> bool:
-        return getattr(self, "host", True) and rows.device.type == "cpu" and self.raw.device.type == "cpu"
+        return rows.device.type == "cpu" and self._host_views() is not None
 
     def _steps_done(self) -> int:
         now = getattr(self, "_now", None)
         return int(self.step) if now is None else now
 
     def _host_raw(self, rows: np.ndarray) -> np.ndarray:
-        """:meth:`current_raw` on host arrays (row-sparse mode, CPU tensors)."""
-        raw = self.raw.numpy()[rows]
-        last = self.last_step.numpy()[rows]
-        now = self._steps_done()
-        behind = now - last
-        if ((behind < self.window) & (last > 0)).any():  # a row's tail is not complete (every row at small N)
-            m, v = self.exp_avg.numpy()[rows], self.exp_avg_sq.numpy()[rows]
-            raw += self._host_adam.remaining(m, v, last, behind, now).astype(np.float32)
-        if self.constraint == "clamp":
-            np.maximum(raw, np.float32(self.min_value), out=raw)
-        return raw
+        """:meth:`current_raw` on host arrays (row-sparse mode, CPU tensors): a new float32 array."""
+        raw, m, v, last, _, _ = self._host_views()
+        clamp = self.min_value if self.constraint == "clamp" else None
+        return self._host_adam.read(raw, m, v, last, rows, self._steps_done(), clamp)
 
     @torch.no_grad()
     def current_raw(self, rows: Tensor) -> Tensor:
@@ -248,10 +276,19 @@ class SampleWeights(Float32Module):
 
     def forward(self, idx: Tensor) -> Tensor:
         """Weights of the rows ``idx``, differentiable through a fresh leaf when grad is enabled."""
-        raw = self.current_raw(idx)
+        rows = idx if idx.ndim == 1 and idx.dtype == torch.int64 else idx.reshape(-1).long()
+        views = None if self.dense or rows.device.type != "cpu" else self._host_views()
+        if views is not None:  # keep the NumPy rows and values for the step
+            rows_np = rows.numpy()
+            clamp = self.min_value if self.constraint == "clamp" else None
+            read = self._host_adam.read(*views[:4], rows_np, self._steps_done(), clamp)
+            raw = torch.from_numpy(read)
+        else:
+            rows_np = read = None
+            raw = self.current_raw(rows)
         if torch.is_grad_enabled():
             raw.requires_grad_(True)
-            self._pending.append((idx.reshape(-1).long(), raw))
+            self._pending.append((rows, raw, rows_np, read))
         return self.transform(raw)
 
     @torch.no_grad()
@@ -288,17 +325,17 @@ class SampleWeights(Float32Module):
         if not pending:
             empty = torch.zeros(0, dtype=torch.float32, device=device)
             return torch.zeros(0, dtype=torch.long, device=device), empty, empty
-        grads = [torch.zeros_like(x) if x.grad is None else x.grad.float() for _, x in pending]
+        grads = [torch.zeros_like(x) if x.grad is None else x.grad.float() for _, x, *_ in pending]
         if len(pending) == 1:  # the usual case: one read per step, nothing to concatenate
-            rows, leaf = pending[0]
+            rows, leaf, *_ = pending[0]
             return rows.to(device), grads[0].to(device), leaf.detach().to(device)
-        rows = torch.cat([r for r, _ in pending]).to(device)
-        values = torch.cat([x.detach() for _, x in pending])
+        rows = torch.cat([r for r, *_ in pending]).to(device)
+        values = torch.cat([x.detach() for _, x, *_ in pending])
         return rows, torch.cat(grads).to(device), values.to(device)
 
     def has_gradients(self) -> bool:
         """Whether any read since the last step received a gradient."""
-        return any(leaf.grad is not None for _, leaf in self._pending)
+        return any(leaf.grad is not None for _, leaf, *_ in self._pending)
 
     def discard_gradients(self) -> None:
         """Forget the rows read since the last step (e.g. at fit start)."""
@@ -307,6 +344,7 @@ class SampleWeights(Float32Module):
     def _load_from_state_dict(self, *args, **kwargs):  # type: ignore[override]
         super()._load_from_state_dict(*args, **kwargs)
         self._now = None
+        self._views = None
         self._host_adam.reset()
         # The two modes store ``raw`` differently (dense: the weight; sparse: with its tail applied).
         self.dense = bool(self.dense_mode)
@@ -348,36 +386,39 @@ class SampleWeights(Float32Module):
 
     def _host_take_and_step(self) -> bool:
         """The reads' gradients, merged, and one row-sparse step, all on host arrays (one process, CPU)."""
-        pending, self._pending = self._pending, []
+        pending = self._pending[:]
+        self._pending.clear()
+        now = self._steps_done() + 1
+        if len(pending) == 1 and pending[0][2] is not None:  # the usual case: one host read per step
+            _, leaf, rows, before = pending[0]
+            grads = np.zeros(rows.shape[0], np.float32) if leaf.grad is None else leaf.grad.numpy()
+            self._host_step(*merge_rows(rows, grads, before), now)
+            return True
         if not pending:
-            self._host_step(
-                np.zeros(0, np.int64),
-                np.zeros(0, np.float32),
-                np.zeros(0, np.float32),
-                self._steps_done() + 1,
-            )
+            empty = np.zeros(0, np.float32)
+            self._host_step(np.zeros(0, np.int64), empty, empty, now)
             return True
         parts = [
             (
-                r.numpy(),
+                r.numpy() if r_np is None else r_np,
                 np.zeros(r.shape[0], np.float32) if x.grad is None else x.grad.numpy(),
-                x.detach().numpy(),
+                x.detach().numpy() if read is None else read,
             )
-            for r, x in pending
+            for r, x, r_np, read in pending
         ]
         rows, grads, before = (np.concatenate(c) for c in zip(*parts)) if len(parts) > 1 else parts[0]
-        self._host_step(*merge_rows(rows, grads, before), self._steps_done() + 1)
+        self._host_step(*merge_rows(rows, grads, before), now)
         return True
 
     def _host_step(self, rows: np.ndarray, grads: np.ndarray, before: np.ndarray, now: int) -> None:
         """One row-sparse step of distinct ``rows`` on NumPy views of the CPU tensors."""
+        raw, m, v, last, step, _ = self._host_views()
         self._host_adam.step(
-            self.raw.numpy(), self.exp_avg.numpy(), self.exp_avg_sq.numpy(), self.last_step.numpy(), rows,
-            grads.astype(np.float32, copy=False), before.astype(np.float32, copy=False), now,
-            self.min_value if self.constraint == "clamp" else None,
+            raw, m, v, last, rows, grads.astype(np.float32, copy=False), before.astype(np.float32, copy=False),
+            now, self.min_value if self.constraint == "clamp" else None,
         )  # fmt: skip
-        self.step.fill_(now)
-        self._now = now
+        step[()] = now
+        self.__dict__["_now"] = now  # not through nn.Module.__setattr__ (its checks cost more than the step)
 
     def _dense_step(self, rows: Tensor, grads: Tensor, now: int) -> None:
         b1, b2 = self.betas
