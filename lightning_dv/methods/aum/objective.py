@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_dv._validation import check_choice, check_class_labels, check_window
-from lightning_dv.distributed import RowStatistics, frozen_parameter
+from lightning_dv.distributed import PendingRecords, RowStatistics, frozen_parameter
 from lightning_dv.methods.base import ValuationObjective, ValuationState, ValuationStep
 from lightning_dv.methods.calibration import calibrate, check_calibration
 
@@ -53,22 +53,11 @@ def assigned_margin(outputs: Tensor, targets: Tensor) -> Tensor:
         >>> assigned_margin(torch.tensor([1.5, 1.5]), torch.tensor([1, 0])).tolist()
         [1.5, -1.5]
     """
+    check_margin_inputs(outputs, targets)
     z = outputs.detach().float()
-    if z.ndim == 1 or (z.ndim == 2 and z.shape[1] == 1):
+    if z.ndim == 1 or z.shape[1] == 1:
         z = z.reshape(-1, 1)
         z = torch.cat([torch.zeros_like(z), z], dim=1)
-    if z.ndim != 2:
-        raise ValueError(f"AUM needs logits of shape (batch, classes); got {tuple(outputs.shape)}.")
-    if (
-        not isinstance(targets, Tensor)
-        or targets.is_floating_point()
-        or targets.reshape(-1).shape[0] != z.shape[0]
-    ):
-        raise ValueError(
-            "AUM reads the margin of each row's assigned class: pass integer class labels, one per row, as "
-            f"`targets=` (got {type(targets).__name__} {tuple(getattr(targets, 'shape', ()))}). It values "
-            "classification rows; use LossVal for regression."
-        )
     y = targets.reshape(-1, 1).to(z.device).long()
     check_class_labels(y, z.shape[1])
     own = z.gather(1, y).squeeze(1)
@@ -76,11 +65,35 @@ def assigned_margin(outputs: Tensor, targets: Tensor) -> Tensor:
     return own - other
 
 
+def check_margin_inputs(outputs: Tensor, targets: object) -> None:
+    """Raise a ValueError unless ``outputs`` are logits ``(batch, classes)`` (or one per row) and
+    ``targets`` one integer label per row. Shapes and dtypes only: no host sync."""
+    if outputs.ndim not in (1, 2):
+        raise ValueError(f"AUM needs logits of shape (batch, classes); got {tuple(outputs.shape)}.")
+    if not isinstance(targets, Tensor) or targets.is_floating_point() or targets.numel() != outputs.shape[0]:
+        raise ValueError(
+            "AUM reads the margin of each row's assigned class: pass integer class labels, one per row, as "
+            f"`targets=` (got {type(targets).__name__} {tuple(getattr(targets, 'shape', ()))}). It values "
+            "classification rows; use LossVal for regression."
+        )
+
+
+def _flush_before_save(module: AUMState, *_: object) -> None:
+    module.flush()
+
+
+def _clear_before_load(module: AUMState, *_: object) -> None:
+    module._pending.clear()  # records of the state being replaced
+
+
 class AUMState(ValuationState):
     """Per-row margin statistics (sum and count of this epoch, total over the first ``window`` epochs).
 
     With a monitored metric it also keeps the mean margin and seen-mask at the window's end so
     far (``frozen``, ``frozen_seen``) and the best metric value and its epoch (``best``).
+
+    Each step's rows, logits and labels are held (:meth:`record`) and their margins computed and
+    added every few dozen steps and before any read (:meth:`flush`: epoch end, ``state_dict``).
     """
 
     def __init__(self, num_rows: int, window: int | None = None, monitored: bool = False) -> None:
@@ -91,6 +104,44 @@ class AUMState(ValuationState):
             self.frozen = frozen_parameter(torch.zeros(num_rows))
             self.frozen_seen = frozen_parameter(torch.zeros(num_rows))
             self.best = frozen_parameter(torch.tensor([float("nan"), 0.0]))
+        self._pending = PendingRecords()
+        self._pending_shape: tuple = ()
+        self.register_state_dict_pre_hook(_flush_before_save)  # module-level functions: picklable
+        self._register_load_state_dict_pre_hook(_clear_before_load, with_module=True)
+
+    @torch.no_grad()
+    def record(self, rows: Tensor, outputs: Tensor, targets: Tensor) -> None:
+        """Hold one step's rows, detached logits and labels (shapes checked now, label range at the flush).
+
+        The margins of the held steps are computed and added at once (equal to the per-step
+        updates up to the float rounding of the sums); the first step is applied at once, so
+        wrong labels fail on it. The tensors are held by reference: fresh per step, never
+        modified in place.
+
+        Example:
+            >>> state = AUMState(3)
+            >>> for rows in ([0, 1], [1, 2]):
+            ...     state.record(torch.tensor(rows), torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0]))
+            >>> state.margin.count.tolist()  # the first step is applied at once, the second is held
+            [1.0, 1.0, 0.0]
+            >>> state.flush(); state.margin.sum.tolist()
+            [2.0, 1.0, -1.0]
+        """
+        check_margin_inputs(outputs, targets)
+        shape = outputs.shape[1:]
+        if shape != self._pending_shape:
+            self.flush()
+            self._pending_shape = shape
+        if self._pending.add(rows.detach().reshape(-1), outputs.detach(), targets.detach().reshape(-1)):
+            self.flush()
+
+    @torch.no_grad()
+    def flush(self) -> None:
+        """Add the margins of the held records to this epoch's statistics."""
+        taken = self._pending.take()
+        if taken is not None:
+            rows, outputs, targets = taken
+            self.margin.update(rows, assigned_margin(outputs, targets))
 
 
 class AUM(ValuationObjective):
@@ -170,12 +221,13 @@ class AUM(ValuationObjective):
         return AUMState(num_rows, self.max_window, monitored=True)
 
     def loss(self, state: nn.Module, step: ValuationStep) -> Tensor:
-        state.margin.update(step.idx, assigned_margin(step.outputs, step.targets))
+        state.record(step.idx, step.outputs, step.targets)
         return step.per_sample_loss.mean()
 
     def on_train_epoch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: nn.Module
     ) -> None:
+        state.flush()
         state.margin.reduce()
         if self.monitor is not None and not trainer.sanity_checking:
             self._follow_monitor(trainer, state)
