@@ -36,16 +36,20 @@ __all__ = ["HostRowAdam", "merge_rows"]
 def merge_rows(rows: np.ndarray, grads: np.ndarray, values: np.ndarray, world_size: int = 1):
     """Distinct rows, their summed gradients (over ``world_size``) and the values read, on host arrays.
 
-    Rows that are already distinct (the sampler's usual case, found with one sort) are returned as
-    they are.
+    Rows that are already distinct (the sampler's usual case: a Python set of a batch's rows, or one
+    sort of a larger set) are returned as they are.
 
     Example:
         >>> r, g, v = merge_rows(np.array([2, 0, 2]), np.array([1.0, 3.0, 1.0]), np.array([0.5, 0.1, 0.5]))
         >>> r.tolist(), g.tolist(), v.tolist()
         ([0, 2], [3.0, 2.0], [0.1, 0.5])
     """
-    ordered = np.sort(rows)
-    if ordered.size < 2 or not np.count_nonzero(ordered[1:] == ordered[:-1]):
+    if rows.size <= 512:  # a set of a few hundred ints costs less than the NumPy calls of a sort
+        distinct = len(set(rows.tolist())) == rows.size
+    else:
+        ordered = np.sort(rows)
+        distinct = not np.count_nonzero(ordered[1:] == ordered[:-1])
+    if distinct:
         return rows, (grads / world_size if world_size > 1 else grads), values
     uniq, inverse = np.unique(rows, return_inverse=True)
     summed = np.bincount(inverse, weights=grads, minlength=uniq.size).astype(grads.dtype)
@@ -204,7 +208,7 @@ class HostRowAdam:
         """
         out = raw[rows]
         last = last_step[rows]
-        if rows.size and last.max() > now - self.window:  # some row's tail is still open
+        if rows.size and last.max() > max(now - self.window, 0):  # a touched row's tail is still open
             tail = self.remaining(exp_avg[rows], exp_avg_sq[rows], last, now - last, now)
             np.add(out, tail, out=out, casting="same_kind")
         if min_value is not None:
