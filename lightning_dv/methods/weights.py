@@ -422,14 +422,15 @@ class SampleWeights(Float32Module):
 
     def _dense_step(self, rows: Tensor, grads: Tensor, now: int) -> None:
         b1, b2 = self.betas
-        g = torch.zeros_like(self.raw).index_add_(0, rows, grads.to(self.raw.dtype))
+        raw = self.raw
+        g = torch.zeros_like(raw).index_add_(0, rows.to(raw.device), grads.to(raw.device, raw.dtype))
         if _FUSED_ADAM is not None:  # torch's fused Adam kernel: one call instead of seven
-            step = getattr(self, "_fused_step", None)
-            if step is None or step.device != self.raw.device:
-                step = self._fused_step = torch.zeros((), dtype=torch.float32, device=self.raw.device)
+            step = self.__dict__.get("_fused_step")
+            if step is None or step.device != raw.device:
+                step = self.__dict__["_fused_step"] = torch.zeros((), dtype=torch.float32, device=raw.device)
             step.fill_(now)
             _FUSED_ADAM(
-                [self.raw], [g], [self.exp_avg], [self.exp_avg_sq], [], [step], lr=self.lr, beta1=b1,
+                [raw], [g], [self.exp_avg], [self.exp_avg_sq], [], [step], lr=self.lr, beta1=b1,
                 beta2=b2, weight_decay=0.0, eps=self.eps, amsgrad=False, maximize=False,
             )  # fmt: skip
         else:
@@ -441,7 +442,7 @@ class SampleWeights(Float32Module):
             self.raw.clamp_(min=self.min_value)
         # ``last_step`` is read in row-sparse mode only; a dense state never switches mode.
         self.step.fill_(now)
-        self._now = now
+        self.__dict__["_now"] = now
 
     def project_(self) -> None:
         """Kept for objectives that call it: ``"clamp"`` is already applied by every read."""
@@ -496,6 +497,12 @@ def step_row_weights(weights: SampleWeights, scale: float | None = None) -> bool
     decision is the same on every rank: the gradients are already exchanged.
     """
     if weights.dense:  # the dense step sums repeated rows itself: no merge, no values read needed
+        pending = weights._pending
+        if len(pending) == 1 and pending[0][1].grad is not None and scale is None and not is_distributed():
+            rows, leaf, *_ = pending[0]  # the usual case: one read, its gradient as it is
+            pending.clear()
+            weights._dense_step(rows, leaf.grad, weights._steps_done() + 1)
+            return True
         rows, grads, _ = weights._take()
         before = None
         if is_distributed():
