@@ -210,7 +210,7 @@ class HostRowAdam:
         last = last_step[rows]
         if rows.size and last.max() > max(now - self.window, 0):  # a touched row's tail is still open
             tail = self.remaining(exp_avg[rows], exp_avg_sq[rows], last, now - last, now)
-            np.add(out, tail, out=out, casting="same_kind")
+            out += tail.astype(np.float32)  # rounded as SampleWeights.all() adds it: the same bits
         if min_value is not None:
             np.maximum(out, np.float32(min_value), out=out)
         return out
