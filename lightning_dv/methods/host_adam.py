@@ -136,16 +136,23 @@ class HostRowAdam:
         self._filled_since = None
         self._scalars = {}
 
-    def _fill(self, t0: np.ndarray, now: int) -> None:
-        """Compute ``lr G_j(t0, b)`` (``b = 0 .. K``; zero at ``K``) of the distinct steps ``t0`` into their slots."""
+    def _fill(self, t0: np.ndarray, now: int) -> tuple[np.ndarray, np.ndarray]:
+        """Compute ``lr G_j(t0, b)`` (``b = 0 .. K``; zero at ``K``) of the distinct steps ``t0`` into their
+        slots; returns the terms' ``a_k, c_k`` of each step, ``(T, K)`` each."""
         s = self._steps(t0, int(t0.max()))
         a = self.p1 * self._a1.take(s)  # (T, K)
         c = self.q2 * self._a2.take(s)
-        terms = a[:, None, :] / c[:, None, :] ** self._powers  # (T, J, K): a_k / c_k^(j+1)
+        inv = 1.0 / c
+        terms = np.empty((self.ORDER, *a.shape))  # [j, T, K]: a_k / c_k^(j+1), by products (no pow)
+        np.multiply(a, inv, out=terms[0])
+        for j in range(1, self.ORDER):
+            np.multiply(terms[j - 1], inv, out=terms[j])
         suffix = np.cumsum(terms[:, :, ::-1], axis=2)[:, :, ::-1]  # suffix[.., i] = sum_{k > i}
         slots = t0 % self._series.shape[1]
-        self._series[:, slots, : self.window] = self.lr * suffix.transpose(1, 0, 2)  # [j, slot, b]
+        suffix *= self.lr
+        self._series[:, slots, : self.window] = suffix  # [j, slot, b]
         self._slot_step[slots] = t0
+        return a, c
 
     def _series_sum(self, m: np.ndarray, v: np.ndarray, g0, g1, g2) -> tuple[np.ndarray, np.ndarray]:
         """``(m / u) sum_j (-eps / u)^j lr g_j`` per row, and the rows the series does not serve.
@@ -216,7 +223,8 @@ class HostRowAdam:
         return out
 
     def _step_scalars(self, now: int) -> tuple:
-        """Per-step numbers: ``sqrt(1 - b2^now)``, ``lr / (1 - b1^now)`` (float32), ``lr G_j(now, 0)``.
+        """Per-step numbers: ``sqrt(1 - b2^now)``, ``lr / (1 - b1^now)`` (float32), ``lr G_j(now, 0)``, and
+        the tail terms' ``a_k, c_k`` (``(K,)`` each) of a row updated at ``now``.
 
         Computed with the tables of the next ``K`` steps (one dictionary look-up per step).
         """
@@ -225,12 +233,13 @@ class HostRowAdam:
             if self._filled_since is None:
                 self._filled_since = now  # every step from here on has its table
             upcoming = np.arange(now, now + self.window)
-            self._fill(upcoming, now)
+            a, c = self._fill(upcoming, now)
             b1, b2 = self.betas
             c2 = np.sqrt(1 - b2 ** upcoming.astype(np.float64)).astype(np.float32)
             size = (self.lr / (1 - b1 ** upcoming.astype(np.float64))).astype(np.float32)
             g = self._series[:, upcoming % (2 * self.window), 0].tolist()
-            self._scalars = dict(zip(upcoming.tolist(), zip(c2, size, *g)))
+            # the K terms' a_k, c_k of each step, for the rows the series does not serve
+            self._scalars = dict(zip(upcoming.tolist(), zip(c2, size, *g, a, c)))
             scalars = self._scalars.pop(now)
         return scalars
 
@@ -252,7 +261,7 @@ class HostRowAdam:
         ``raw`` keeps each updated row with its whole future tail applied.
         """
         b1, b2 = self.betas
-        c2, step_size, g0, g1, g2 = self._step_scalars(now)
+        c2, step_size, g0, g1, g2, a, c = self._step_scalars(now)
         gap = now - last_step[rows]  # zero-gradient steps since the last touch decay the moments
         g = grads.astype(np.float64)
         m = np.power(b1, gap)
@@ -274,9 +283,10 @@ class HostRowAdam:
         if min_value is not None:
             np.maximum(after, np.float32(min_value), out=after)
         whole, exact = self._series_sum(m, v, g0, g1, g2)
-        if exact.any():
-            t0 = np.full(rows.size, now, dtype=np.int64)
-            self._exact_rows(whole, exact, m, v, t0, np.zeros(rows.size, np.int64), now)
+        if exact.any():  # their whole tail summed term by term: sum_k lr m a_k / (u c_k + eps)
+            den = np.multiply.outer(np.sqrt(v[exact], dtype=np.float64), c)
+            den += self.eps
+            whole[exact] = (self.lr * m[exact].astype(np.float64)) * np.divide(a, den, out=den).sum(axis=1)
         exp_avg[rows] = m
         exp_avg_sq[rows] = v
         last_step[rows] = now
