@@ -139,9 +139,9 @@ def _range_and_finite(idx: Tensor, per_sample_loss: Tensor, loss: Tensor) -> tup
     if idx.numel() == 0:
         return 0, -1, bool(torch.isfinite(loss))
     if idx.device.type == "cpu" and per_sample_loss.device.type == "cpu" and per_sample_loss.dtype in _NUMPY:
-        rows = idx.numpy()
-        finite = bool(np.isfinite(per_sample_loss.numpy()).all()) and math.isfinite(float(loss))
-        return int(rows.min()), int(rows.max()), finite
+        rows = idx.numpy()  # ufunc reductions: ndarray.min / .all cost a Python wrapper each
+        total = float(np.add.reduce(per_sample_loss.numpy(), dtype=np.float64)) + float(loss)
+        return int(np.minimum.reduce(rows)), int(np.maximum.reduce(rows)), math.isfinite(total)
     lo, hi = torch.aminmax(idx)
     total = per_sample_loss.sum(dtype=torch.float64) + loss
     lo, hi, finite = torch.stack([lo, hi, torch.isfinite(total).long()]).tolist()
