@@ -10,8 +10,10 @@ Three views, each in one process:
 - ``parts``: inclusive CPU time per step of the hot-path functions in an NDDV or AUM fit (each
   wrapped with a timer; the wrappers add ~1 us per call), next to the median step of the fit and
   of a plain fit (fits of 60 steps at N > 10^4, else 3 epochs; ``--objective``).
+- ``medians``: the median CPU time per call of the weights' read and step in three NDDV fits of
+  60 steps (dense up to 16k rows, row-sparse above).
 
-Usage: ``OMP_NUM_THREADS=1 python -m benchmarks.bench_step_profile {weights,fit,parts} [--rows N]
+Usage: ``OMP_NUM_THREADS=1 python -m benchmarks.bench_step_profile {weights,fit,parts,medians} [--rows N]
 [--objective nddv|aum]``.
 Results: docs/scaling.md.
 """
@@ -165,9 +167,53 @@ def parts(rows: int, objective: str = "nddv") -> dict[str, float]:
     return out | {q: total[q] / steps / 1e3 for _, q in HOT_PATH if calls[q]}
 
 
+#: The weights' read and step, timed per call by the ``medians`` view (missing ones are skipped).
+WEIGHT_CALLS = (
+    ("lightning_dv.methods.weights", "SampleWeights.forward"),
+    ("lightning_dv.methods.weights", "SampleWeights._dense_step"),
+    ("lightning_dv.methods.weights", "SampleWeights._host_take_and_step"),
+    ("lightning_dv.methods.host_adam", "HostRowAdam.read"),
+    ("lightning_dv.methods.host_adam", "HostRowAdam.step"),
+)
+
+
+def medians(rows: int, fits: int = 3) -> dict[str, float]:
+    """Median CPU time per call (us) of the weights' read and step in ``fits`` NDDV fits of 60 steps."""
+    from benchmarks.overhead import objective_factories, time_fit, workload_data
+
+    times = collections.defaultdict(list)
+    originals = []
+    for module, qualname in WEIGHT_CALLS:
+        owner_name, attr = qualname.split(".")
+        owner = getattr(importlib.import_module(module), owner_name)
+        original = getattr(owner, attr, None)
+        if original is None:
+            continue
+
+        def timed(*args, _f=original, _q=qualname, **kwargs):
+            t0 = time.thread_time_ns()
+            try:
+                return _f(*args, **kwargs)
+            finally:
+                times[_q].append(time.thread_time_ns() - t0)
+
+        originals.append((owner, attr, original))
+        setattr(owner, attr, timed)
+    x, y = workload_data("mlp", rows)
+    try:
+        for _ in range(fits):
+            time_fit(
+                x, y, objective_factories()["nddv"](None, None), 1, 60, measure_memory=False, clock="cpu"
+            )
+    finally:
+        for owner, attr, original in originals:
+            setattr(owner, attr, original)
+    return {q: statistics.median(t) / 1e3 for q, t in times.items()}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("view", choices=("weights", "fit", "parts"))
+    parser.add_argument("view", choices=("weights", "fit", "parts", "medians"))
     parser.add_argument("--rows", type=int, nargs="+", default=[1000, 1_000_000])
     parser.add_argument("--objective", choices=("nddv", "aum"), default="nddv", help="parts view only")
     args = parser.parse_args(argv)
@@ -177,7 +223,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name:18s} read {read:7.1f} us  step {step:7.1f} us")
         return
     for rows in args.rows:
-        result = fit_ratios(rows) if args.view == "fit" else parts(rows, args.objective)
+        if args.view == "medians":
+            result = medians(rows)
+        else:
+            result = fit_ratios(rows) if args.view == "fit" else parts(rows, args.objective)
         for name, value in result.items():
             print(f"N={rows:<9,d} {name:42s} {value:8.2f}{'x' if args.view == 'fit' else ' us/step'}")
 

@@ -88,7 +88,8 @@ class SampleWeights(Float32Module):
         min_value: Lower bound used by ``"clamp"``.
         lr, betas, eps: Adam's settings (the paper: lr 0.01, torch's defaults otherwise).
         dense_below: Up to this many rows the step is plain dense Adam over all rows (same
-            result): below ~16k rows ``O(N)`` is cheaper than the ``O(batch x K)`` tail window.
+            result): below ~16k rows torch's fused ``O(N)`` step costs no more than the row-sparse
+            one, whose reads there mostly carry an open tail (docs/scaling.md).
 
     Example:
         >>> w = SampleWeights(4, constraint="softplus")
