@@ -216,3 +216,28 @@ def test_ddp_lossval_fit_with_accumulation_keeps_the_row_state_identical_on_both
     steps = 2 * math.ceil(math.ceil(51 / 8) / 2)  # 2 epochs, 51 rows per rank, batch 8, accumulate 2
     assert int(r0["state"]["weights.step"]) == steps
     assert (r0["state"]["weights.exp_avg_sq"] > 0).all()  # every row, the padded one too
+
+
+def test_host_views_follow_the_module_through_copies_loads_and_moves():
+    """The NumPy views of the host path are made per storage: a copy, an ``assign=True`` load or a
+    move steps its own tensors, never the original's."""
+    import copy
+
+    n, batches = 50_000, batches_with_gaps(50_000, 6, 8, seed=4)
+    grad_fn.calls = 0
+    w, _ = sparse_run(n, batches[:3], grad_fn)  # row-sparse (above dense_below), host path
+    assert not w.dense and w._host_views() is not None
+    before = w.state_dict()
+    twin = copy.deepcopy(w)
+    for rows in batches[3:]:
+        grad_fn(rows, twin(rows)).backward()
+        step_row_weights(twin)
+    for key, value in w.state_dict().items():  # the original did not move
+        assert torch.equal(value, before[key]), key
+    assert not torch.equal(twin.raw, w.raw)
+    loaded = SampleWeights(n, lr=0.05, dense_below=0)  # sparse_run's lr
+    loaded.load_state_dict({k: v.clone() for k, v in twin.state_dict().items()}, assign=True)
+    rows = torch.arange(n)
+    torch.testing.assert_close(loaded.current_raw(rows), twin.current_raw(rows), rtol=0, atol=0)
+    moved = twin.to(torch.device("cpu"), torch.float64)  # a dtype change is refused: same storage
+    assert moved.raw.dtype == torch.float32 and moved._host_views() is not None
