@@ -265,11 +265,13 @@ class PendingRecords:
     state (epoch end, ``state_dict``/checkpoint, export). The first record is applied at once, so a
     misuse surfaces on the first step. Sums then add in a different order than step by step
     (identical up to float rounding); counts and copies are identical. Memory: at most ``steps``
-    steps or ``rows`` rows of records, O(batch x steps).
+    steps, ``rows`` rows or (about) ``elements`` tensor elements of records, whichever comes first:
+    O(batch x steps), and bounded when a record is wide (logits over 50k classes flush every step).
 
     Args:
         steps: Flush after this many records.
         rows: ... or once this many rows are held.
+        elements: ... or once the held columns hold this many elements in all (4 MB of float32).
 
     Example:
         >>> pending = PendingRecords(steps=2)
@@ -286,12 +288,14 @@ class PendingRecords:
         True
     """
 
-    def __init__(self, steps: int = 64, rows: int = 4096) -> None:
-        if steps < 1 or rows < 1:
-            raise ValueError(f"`steps` and `rows` must be positive; got {steps} and {rows}.")
-        self.steps, self.rows = int(steps), int(rows)
+    def __init__(self, steps: int = 64, rows: int = 4096, elements: int = 1 << 20) -> None:
+        if steps < 1 or rows < 1 or elements < 1:
+            raise ValueError(
+                f"`steps`, `rows` and `elements` must be positive; got {steps}, {rows} and {elements}."
+            )
+        self.steps, self.rows, self.elements = int(steps), int(rows), int(elements)
         self._records: list[tuple[Tensor, ...]] = []
-        self._held = 0
+        self._held = self._held_elements = 0
         self._started = False
 
     def __len__(self) -> int:
@@ -303,7 +307,13 @@ class PendingRecords:
             raise ValueError("every record of a PendingRecords buffer must have the same columns.")
         self._records.append(columns)
         self._held += columns[0].shape[0]
-        full = not self._started or len(self._records) >= self.steps or self._held >= self.rows
+        self._held_elements += sum(c.numel() for c in columns)
+        full = (
+            not self._started
+            or len(self._records) >= self.steps
+            or self._held >= self.rows
+            or self._held_elements >= self.elements
+        )
         self._started = True
         return full
 
@@ -312,7 +322,7 @@ class PendingRecords:
 
         ``with_step``: also the index of the record each row came from (``int64``, last column).
         """
-        records, self._records, self._held = self._records, [], 0
+        records, self._records, self._held, self._held_elements = self._records, [], 0, 0
         if not records:
             return None
         columns = tuple(c[0] if len(records) == 1 else torch.cat(c) for c in zip(*records))
@@ -332,4 +342,4 @@ class PendingRecords:
 
     def clear(self) -> None:
         """Drop the held records (the state they were meant for was replaced, e.g. by a checkpoint load)."""
-        self._records, self._held = [], 0
+        self._records, self._held, self._held_elements = [], 0, 0

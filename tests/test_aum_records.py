@@ -60,3 +60,19 @@ def test_binary_logits_and_wrong_labels():
         binary.record(torch.tensor([0, 1]), torch.tensor([1.5, 1.5]), torch.tensor([1, 0]))
     binary.flush()
     assert binary.margin.sum.tolist() == [4.5, -4.5]
+
+
+def test_wide_logits_are_not_held_for_many_steps():
+    """Records of many classes (an LM-sized head) flush once they hold ~1M elements, not after 64 steps."""
+    n, classes = 64, 40_000
+    state, reference = AUMState(n), RowStatistics(n)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        rows = torch.randint(0, n, (16,), generator=g)
+        logits, labels = torch.randn(16, classes, generator=g), torch.randint(0, classes, (16,), generator=g)
+        state.record(rows, logits, labels)
+        reference.update(rows, assigned_margin(logits, labels))
+        held = sum(c.numel() for record in state._pending._records for c in record)
+        assert held < 2 * 16 * classes  # at most this step's and one earlier step's logits
+    state.flush()
+    torch.testing.assert_close(state.margin.sum, reference.sum, rtol=1e-6, atol=1e-6)
