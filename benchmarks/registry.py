@@ -211,6 +211,10 @@ LOSSVAL_VARIANTS: dict[str, tuple[str, dict]] = {
         "LossVal at defaults with geomloss's SamplesLoss as the OT solver (ot='exact'): the reference of the fast solver",
         {"ot": "exact"},
     ),
+    "lossval_ot03": (
+        "LossVal at defaults, the fast solver annealing at ot_scaling=0.3 (fewer epsilon steps)",
+        {"ot_scaling": 0.3},
+    ),
     "lossval_ot02": (
         "LossVal at defaults, the fast solver annealing at ot_scaling=0.2 (fewer epsilon steps)",
         {"ot_scaling": 0.2},
