@@ -211,12 +211,16 @@ LOSSVAL_VARIANTS: dict[str, tuple[str, dict]] = {
         "LossVal at defaults with geomloss's SamplesLoss as the OT solver (ot='exact'): the reference of the fast solver",
         {"ot": "exact"},
     ),
+    "lossval_ot05": (
+        "LossVal at defaults, the fast solver annealing at geomloss's scaling 0.5 (the exact solver's values; the default before session 5)",
+        {"ot_scaling": 0.5},
+    ),
     "lossval_ot03": (
         "LossVal at defaults, the fast solver annealing at ot_scaling=0.3 (fewer epsilon steps)",
         {"ot_scaling": 0.3},
     ),
     "lossval_ot02": (
-        "LossVal at defaults, the fast solver annealing at ot_scaling=0.2 (fewer epsilon steps)",
+        "LossVal with ot_scaling=0.2 given explicitly (the default since session 5)",
         {"ot_scaling": 0.2},
     ),
     "lossval_ot01": (
