@@ -15,6 +15,7 @@ and J, top functions by internal time. Run::
     OMP_NUM_THREADS=1 python -m benchmarks.bench_lossval_ot --valid 100 1000 --fit-ratios
     OMP_NUM_THREADS=1 python -m benchmarks.bench_lossval_ot --workload cnn --valid 100 --fit-ratios
     OMP_NUM_THREADS=1 python -m benchmarks.bench_lossval_ot --valid 100 --signal-share
+    OMP_NUM_THREADS=1 python -m benchmarks.bench_lossval_ot --workload cnn --valid 100 --kernel-range --ot-scaling 0.3 0.2
     OMP_NUM_THREADS=1 python -m benchmarks.bench_lossval_ot --valid 100 --detection runs.csv
     OMP_NUM_THREADS=1 python -m benchmarks.bench_lossval_ot --baseline main --workload cnn --valid 100
 
@@ -54,19 +55,18 @@ def make_divergence(solver: str, y: torch.Tensor, diameter: float):
     return cls(y, torch.ones(y.shape[0]), diameter)
 
 
-def time_calls(valid: int, repeats: int = 5, calls: int = 20, solvers=SOLVERS) -> dict[str, dict]:
-    """Set-up seconds and median milliseconds per call (value and backward) of each solver.
+def time_calls(
+    valid: int, repeats: int = 5, calls: int = 20, solvers=SOLVERS, workload: str = "mlp"
+) -> dict[str, dict]:
+    """Set-up seconds and median milliseconds per call (value and backward) of each solver, on
+    ``calls`` batches of ``workload`` (:func:`ot_batches`).
 
     Example:
         >>> res = time_calls(20, repeats=1, calls=2)
         >>> sorted(res), res["fast"]["call_ms"] > 0
         (['exact', 'fast', 'fast-torch'], True)
     """
-    from lightning_dv.methods.lossval.ot import bounding_diameter
-
-    x = torch.from_numpy(synthetic_data(32 * calls, seed=0)[0])
-    y = torch.from_numpy(synthetic_data(valid, seed=1)[0])
-    diameter = 1.1 * bounding_diameter(y, x[:32])
+    xs, y, diameter = ot_batches(workload, valid, calls)
     out: dict[str, dict] = {}
     for name in solvers:
         t0 = time.perf_counter()
@@ -75,9 +75,9 @@ def time_calls(valid: int, repeats: int = 5, calls: int = 20, solvers=SOLVERS) -
         for name in solvers:
             div = out[name]["div"]
             t0 = time.perf_counter()
-            for i in range(calls):
-                a = torch.ones(32, requires_grad=True)
-                div(a, x[32 * i : 32 * i + 32]).backward()
+            for x in xs:
+                a = torch.ones(x.shape[0], requires_grad=True)
+                div(a, x).backward()
             out[name]["ms"].append(1e3 * (time.perf_counter() - t0) / calls)
     for stats in out.values():
         stats["call_ms"] = statistics.median(stats.pop("ms"))
@@ -154,6 +154,63 @@ def fit_ratios(
     return {name: statistics.median(r) for name, r in ratios.items()}
 
 
+def ot_batches(workload: str, valid: int, batches: int):
+    """``(batches of features, validation features, diameter)`` of the OT call on ``workload``:
+    ``mlp`` 32 x 16 Gaussian features, ``cnn`` 128 pooled images (3072 features)."""
+    from benchmarks.overhead import validation_data
+    from lightning_dv.methods.lossval.ot import bounding_diameter
+
+    b = 32 if workload == "mlp" else 128
+    if workload == "mlp":
+        x_all = torch.from_numpy(synthetic_data(b * batches, seed=0)[0]).float()
+        y = torch.from_numpy(synthetic_data(valid, seed=1)[0]).float()
+    else:
+        from benchmarks.fitting import PooledImages
+
+        x_all = PooledImages(b * batches, pool=b * batches).images.reshape(b * batches, -1)
+        y = torch.from_numpy(validation_data("cnn", valid)[0]).reshape(valid, -1).float()
+    xs = [x_all[i * b : (i + 1) * b].contiguous() for i in range(batches)]
+    return xs, y, 1.1 * bounding_diameter(y, xs[0])
+
+
+def kernel_range(
+    workload: str, valid: int, scalings=(0.5, 0.3, 0.2), batches: int = 10
+) -> dict[float, tuple]:
+    """Per annealing scaling: ``(epsilon steps, batches on which the host loop's unchecked kernel
+    left float64's range)``. Such a batch runs the loop a second time, checked (``host.py``), so a
+    coarser schedule only saves time where this count is 0.
+
+    Example:
+        >>> kernel_range("mlp", 20, (0.5,), batches=1)[0.5][1]
+        0
+    """
+    import numpy as np
+
+    from lightning_dv.methods.lossval.host import _kernel_loop, normalised_masses
+    from lightning_dv.methods.lossval.sinkhorn import ZERO_MASS_LOG, SinkhornDivergence
+
+    xs, y, diameter = ot_batches(workload, valid, batches)
+    alpha, log_ma = normalised_masses(np.ones(xs[0].shape[0]), ZERO_MASS_LOG)
+    out = {}
+    for s in scalings:
+        div = SinkhornDivergence(y, torch.ones(valid), diameter, solve_scaling=s)
+        with np.errstate(all="ignore"):
+            left = sum(
+                _kernel_loop(
+                    div.solve_eps,
+                    div._host_cost(x),
+                    alpha,
+                    div._beta_host,
+                    ZERO_MASS_LOG - log_ma,
+                    checked=False,
+                )
+                is None
+                for x in xs
+            )
+        out[s] = (len(div.solve_eps), left)
+    return out
+
+
 def solver_at_revision(rev: str):
     """The ``SinkhornDivergence`` class of ``lossval/sinkhorn.py`` and ``lossval/host.py`` as they
     are at git revision ``rev`` (read with ``git show``; the rest of the library from this tree)."""
@@ -189,22 +246,11 @@ def compare_revision(
     """
     import numpy as np
 
-    from benchmarks.overhead import validation_data
     from lightning_dv.methods.lossval.host import kernel_potentials
-    from lightning_dv.methods.lossval.ot import bounding_diameter
     from lightning_dv.methods.lossval.sinkhorn import SinkhornDivergence
 
-    b = 32 if workload == "mlp" else 128
-    if workload == "mlp":
-        x_all = torch.from_numpy(synthetic_data(b * batches, seed=0)[0]).float()
-        y = torch.from_numpy(synthetic_data(valid, seed=1)[0]).float()
-    else:
-        from benchmarks.fitting import PooledImages
-
-        x_all = PooledImages(b * batches, pool=b * batches).images.reshape(b * batches, -1)
-        y = torch.from_numpy(validation_data("cnn", valid)[0]).reshape(valid, -1).float()
-    xs = [x_all[i * b : (i + 1) * b].contiguous() for i in range(batches)]
-    diameter = 1.1 * bounding_diameter(y, xs[0])
+    xs, y, diameter = ot_batches(workload, valid, batches)
+    b = xs[0].shape[0]
     old_cls, old_loop = solver_at_revision(rev)
     solvers = {rev: (old_cls(y, torch.ones(valid), diameter), old_loop)}
     solvers["this tree"] = (SinkhornDivergence(y, torch.ones(valid), diameter), kernel_potentials)
@@ -341,6 +387,11 @@ def main() -> None:
         help="also step ratios over a plain fit (default vs --ot-scaling)",
     )
     parser.add_argument(
+        "--kernel-range",
+        action="store_true",
+        help="also, per --ot-scaling (and 0.5): the batches on which the host kernel leaves float64's range",
+    )
+    parser.add_argument(
         "--signal-share", action="store_true", help="also the OT term's share of LossVal's per-row signal"
     )
     parser.add_argument(
@@ -380,11 +431,19 @@ def main() -> None:
         print("|---|---|---|")
         for mass, (share, corr) in ot_signal_share().items():
             print(f"| {mass} | {share:.4f} | {corr:.5f} |")
+    if args.kernel_range:
+        print(
+            "| workload | J | scaling | epsilon steps | batches out of float64's range (of 10) |\n|---|---|---|---|---|"
+        )
+        for j in args.valid:
+            for s, (steps, left) in kernel_range(args.workload, j, (0.5, *args.ot_scaling)).items():
+                print(f"| {args.workload} | {j:,} | {s} | {steps} | {left} |")
     coarse = tuple(f"fast@{s}" for s in args.ot_scaling)
     print("| J | solver | set-up (s) | one call + backward (ms) |\n|---|---|---|---|")
-    for j in args.valid if args.workload == "mlp" else ():
-        solvers = (SOLVERS if j <= args.exact_max else ("fast", "fast-torch")) + coarse
-        for name, s in time_calls(j, args.repeats, solvers=solvers).items():
+    for j in args.valid:
+        exact = j <= args.exact_max and args.workload == "mlp"
+        solvers = (SOLVERS if exact else ("fast", "fast-torch")) + coarse
+        for name, s in time_calls(j, args.repeats, solvers=solvers, workload=args.workload).items():
             print(f"| {j:,} | {name} | {s['setup_s']:.3f} | {s['call_ms']:.2f} |")
     if args.fit_ratios:
         print(f"\n| J | objective | step ratio over a plain fit ({args.workload}) |\n|---|---|---|")
