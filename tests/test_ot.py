@@ -11,6 +11,7 @@ from geomloss import SamplesLoss
 from lightning_dv import LossVal
 from lightning_dv.methods.lossval import host
 from lightning_dv.methods.lossval.host import _kernel_loop, kernel_potentials, normalised_masses
+from lightning_dv.methods.lossval.objective import DEFAULT_OT_SCALING
 from lightning_dv.methods.lossval.ot import CachedSinkhornDivergence
 from lightning_dv.methods.lossval.sinkhorn import (
     ZERO_MASS_LOG,
@@ -199,21 +200,22 @@ def test_coarser_annealing_is_geomloss_at_that_scaling_plus_the_reference_offset
     torch.testing.assert_close(gu, gu_ref, rtol=1e-5, atol=1e-5 * float(gu_ref.abs().max()))
 
 
-@pytest.mark.parametrize("ot_scaling", [None, 0.2])  # the default (geomloss's 0.5) and a coarser one
+@pytest.mark.parametrize("ot_scaling", [None, 0.5, 0.3])  # None: DEFAULT_OT_SCALING (0.2)
 @pytest.mark.parametrize(("batch", "dim"), [(32, 16), (128, 3072)])  # MLP and CNN workloads
 def test_lossval_solver_is_float64_geomloss_at_its_schedule(batch, dim, ot_scaling):
-    """The solver ``LossVal(ot_scaling=...)`` builds against geomloss in float64 at the scaling it
-    anneals at, plus the difference of that schedule's and 0.5's offset terms (zero for the
-    default), on the host loop's numpy (MLP) and torch-pass (CNN-wide) kernels; raw masses, some
-    weights <= 0. At 0.2 the kernel leaves float64's range on these batches, so this also covers
-    the checked rerun."""
+    """The solver ``LossVal(ot_scaling=...)`` builds (the default: ``DEFAULT_OT_SCALING`` = 0.2)
+    against geomloss in float64 at the scaling it anneals at, plus the difference of that
+    schedule's and 0.5's offset terms (zero at 0.5), on the host loop's numpy (MLP) and torch-pass
+    (CNN-wide) kernels; raw masses, some weights <= 0. The coarse schedules run the checked loop
+    (rows whose log-sums leave float64's range redone in the log domain)."""
     g = torch.Generator().manual_seed(7)
     x, y = torch.randn(batch, dim, generator=g), torch.randn(100, dim, generator=g) + 0.3
     a0 = torch.rand(batch, generator=g) + 0.5
     a0[:2] = torch.tensor([0.0, -0.3])  # LossVal's weights do go negative
     diameter = 1.1 * float(torch.cdist(x, y).max())
     b = torch.ones(100)
-    solve = 0.5 if ot_scaling is None else ot_scaling
+    solve = DEFAULT_OT_SCALING if ot_scaling is None else ot_scaling
+    assert DEFAULT_OT_SCALING == 0.2
     div = LossVal(validation=y, ot_scaling=ot_scaling)._solver(y, b, diameter)
     assert div.solve_eps == epsilon_schedule(2, diameter, 0.05, solve)
     assert div.eps_list == epsilon_schedule(2, diameter, 0.05, 0.5)  # D's offsets: geomloss's 0.5

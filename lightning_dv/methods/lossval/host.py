@@ -40,6 +40,10 @@ import torch
 EXP_FLOOR = -700.0
 #: Log-sums outside this range make the kernel result untrusted (the caller falls back).
 LOG_SUM_RANGE = (EXP_FLOOR + 100.0, 700.0)
+#: Epsilon steps smaller than this ratio (``ot_scaling**p < 0.2``) move the exponents beyond
+#: float64's range on a few rows per call (docs/lossval_speed.md), so such schedules run the checked
+#: loop at once (each step's log-sums checked, offending rows / columns redone) instead of twice.
+COARSE_EPS_RATIO = 0.2
 #: From this many cost entries on, the loop's passes over the matrix run as torch ops (module docstring).
 TORCH_MIN_ENTRIES = 8192
 #: Largest ``B * (J + B)`` solved on the host; above it the torch loop is faster (docs/lossval_speed.md).
@@ -71,6 +75,8 @@ def kernel_potentials(
     """
     args = (eps_list, cost, alpha, beta, zero_log_mass)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # detected, then redone
+        if min(b / a for a, b in zip(eps_list, eps_list[1:]) if a > 0) < COARSE_EPS_RATIO:
+            return _kernel_loop(*args, checked=True)  # a coarse schedule: checked from the start
         return _kernel_loop(*args, checked=False) or _kernel_loop(*args, checked=True)
 
 
@@ -123,7 +129,7 @@ def _kernel_loop(
         np.matmul(alpha, kernel, out=sums[b:])
         np.log(sums, out=sums)
         if checked and not (sums.min() > lo and sums.max() < hi):
-            _stable_log_sums(work, alpha, beta, out=sums)
+            _stable_log_sums(work, alpha, beta, out=sums, lo=lo, hi=hi)
         if dead_rows.size:
             f_dead = np.stack([rows[2, dead_rows], f_aa[dead_rows]], 1)
             _add_zero_mass_leak(sums[b:], f_dead, cols[0], cost[dead_rows], j, eps, zero_log_mass)
@@ -161,16 +167,22 @@ def _add_zero_mass_leak(
     np.logaddexp(col_sums, _log_sum_exp(z, 0), out=col_sums)
 
 
-def _stable_log_sums(z: np.ndarray, alpha: np.ndarray, beta: np.ndarray, out: np.ndarray) -> None:
-    """``log sum_j beta_j e^z_ij`` (over the first ``J`` columns) then ``log sum_i alpha_i e^z_ik``
-    into ``out``, max-shifted (the log domain, for a step whose kernel under- or overflowed)."""
+def _stable_log_sums(
+    z: np.ndarray, alpha: np.ndarray, beta: np.ndarray, out: np.ndarray, lo: float, hi: float
+) -> None:
+    """Redo the entries of ``out`` outside ``(lo, hi)`` (NaN included) max-shifted, in the log
+    domain: a row's ``log sum_j beta_j e^z_ij`` (over the first ``J`` columns), a column's
+    ``log sum_i alpha_i e^z_ik``. An entry inside the range is exact already (an overflow makes its
+    sum infinite; the floor's terms are below ``e^-100`` of it), so only the offending rows and
+    columns (a few per call) are recomputed."""
     b, j = z.shape[0], beta.shape[0]
+    redo = ~((out > lo) & (out < hi))
+    rows, cols = np.flatnonzero(redo[:b]), np.flatnonzero(redo[b:])
     with np.errstate(divide="ignore"):
-        for part, axis, res in (
-            (z[:, :j] + np.log(beta), 1, out[:b]),
-            (z + np.log(alpha)[:, None], 0, out[b:]),
-        ):
-            res[:] = _log_sum_exp(part, axis)
+        if rows.size:
+            out[rows] = _log_sum_exp(z[rows, :j] + np.log(beta), 1)
+        if cols.size:
+            out[b + cols] = _log_sum_exp(z[:, cols] + np.log(alpha)[:, None], 0)
 
 
 def _log_sum_exp(z: np.ndarray, axis: int) -> np.ndarray:
