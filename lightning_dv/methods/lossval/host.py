@@ -27,8 +27,10 @@ clamped at ``-700`` (``exp`` of deeply negative inputs takes a slow path, and ``
 float64 resolution of any sum that passes the guard). The guard: if any log-sum leaves
 ``(-600, 700)`` (a row whose exponents all fell below the floor; measured for features of scale
 10 at ``blur = 0.05``, or ``blur <= 0.01``), the loop runs again and recomputes each offending
-step's sums in the log domain; a potential that is still not finite hands the problem to the torch
-loop.
+step's out-of-range sums in the log domain; a potential that is still not finite hands the problem
+to the torch loop. A coarse schedule (``LossVal``'s default ``ot_scaling=0.2``: epsilon drops by
+25x per step, so the exponents grow by as much) leaves the range on a few rows of most calls with
+image-sized features, so it runs checked from the start (docs/lossval_speed.md).
 """
 
 from __future__ import annotations
