@@ -212,7 +212,7 @@ LOSSVAL_VARIANTS: dict[str, tuple[str, dict]] = {
         {"ot": "exact"},
     ),
     "lossval_ot05": (
-        "LossVal with ot_scaling=0.5 given explicitly (geomloss's schedule, what the default does): the coarser ones' reference",
+        "LossVal with ot_scaling=0.5: geomloss's schedule (the exact solver's values), the default before session 5",
         {"ot_scaling": 0.5},
     ),
     "lossval_ot03": (
@@ -220,7 +220,7 @@ LOSSVAL_VARIANTS: dict[str, tuple[str, dict]] = {
         {"ot_scaling": 0.3},
     ),
     "lossval_ot02": (
-        "LossVal at defaults, the fast solver annealing at ot_scaling=0.2 (fewer epsilon steps)",
+        "LossVal with ot_scaling=0.2 given explicitly (the default since session 5)",
         {"ot_scaling": 0.2},
     ),
     "lossval_ot01": (
