@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import functools
 import importlib
 import statistics
@@ -126,20 +127,17 @@ def fit_ratios(rows: int, repeats: int = 7) -> dict[str, float]:
     return {k: statistics.median(a / b for a, b in zip(v, steps["plain"])) for k, v in steps.items()}
 
 
-def parts(rows: int, objective: str = "nddv") -> dict[str, float]:
-    """Inclusive CPU time per step (us) of the hot-path functions in one fit with ``objective``,
-    and the median step (us) of that fit and of a plain fit of the same data."""
-    from benchmarks.overhead import objective_factories, time_fit, workload_data
-
-    total, calls = collections.Counter(), collections.Counter()
+@contextlib.contextmanager
+def _timed(targets, record):
+    """Wrap each ``(module, "Class.attr" or "function")`` of ``targets`` so every call reports its
+    thread CPU time to ``record(qualname, ns)``; the originals are restored at the end."""
     originals = []
-    for module, qualname in HOT_PATH:
+    for module, qualname in targets:
         names = qualname.split(".")
-        owner = importlib.import_module(module) if len(names) == 1 else None
-        if owner is None:
-            owner = getattr(importlib.import_module(module), names[0])
-        attr = names[-1]
-        original = getattr(owner, attr, None)
+        owner = importlib.import_module(module)
+        if len(names) > 1:
+            owner = getattr(owner, names[0])
+        original = getattr(owner, names[-1], None)
         if original is None:
             continue
 
@@ -148,20 +146,34 @@ def parts(rows: int, objective: str = "nddv") -> dict[str, float]:
             try:
                 return _f(*args, **kwargs)
             finally:
-                total[_q] += time.thread_time_ns() - t0
-                calls[_q] += 1
+                record(_q, time.thread_time_ns() - t0)
 
-        originals.append((owner, attr, original))
-        setattr(owner, attr, timed)
-    x, y = workload_data("mlp", rows)
-    epochs, batches = (3, None) if rows <= 10_000 else (1, 60)
-    factory = objective_factories()[objective]
+        originals.append((owner, names[-1], original))
+        setattr(owner, names[-1], timed)
     try:
-        plain = time_fit(x, y, None, epochs, batches, measure_memory=False, clock="cpu")[2]
-        step = time_fit(x, y, factory(None, None), epochs, batches, measure_memory=False, clock="cpu")[2]
+        yield
     finally:
         for owner, attr, original in originals:
             setattr(owner, attr, original)
+
+
+def parts(rows: int, objective: str = "nddv") -> dict[str, float]:
+    """Inclusive CPU time per step (us) of the hot-path functions in one fit with ``objective``,
+    and the median step (us) of that fit and of a plain fit of the same data."""
+    from benchmarks.overhead import objective_factories, time_fit, workload_data
+
+    total, calls = collections.Counter(), collections.Counter()
+
+    def record(qualname: str, ns: int) -> None:
+        total[qualname] += ns
+        calls[qualname] += 1
+
+    x, y = workload_data("mlp", rows)
+    epochs, batches = (3, None) if rows <= 10_000 else (1, 60)
+    factory = objective_factories()[objective]
+    with _timed(HOT_PATH, record):
+        plain = time_fit(x, y, None, epochs, batches, measure_memory=False, clock="cpu")[2]
+        step = time_fit(x, y, factory(None, None), epochs, batches, measure_memory=False, clock="cpu")[2]
     steps = calls["DataValuation.on_before_optimizer_step"]
     out = {"median step, plain fit": plain * 1e6, f"median step, {objective} fit": step * 1e6}
     return out | {q: total[q] / steps / 1e3 for _, q in HOT_PATH if calls[q]}
@@ -182,32 +194,12 @@ def medians(rows: int, fits: int = 3) -> dict[str, float]:
     from benchmarks.overhead import objective_factories, time_fit, workload_data
 
     times = collections.defaultdict(list)
-    originals = []
-    for module, qualname in WEIGHT_CALLS:
-        owner_name, attr = qualname.split(".")
-        owner = getattr(importlib.import_module(module), owner_name)
-        original = getattr(owner, attr, None)
-        if original is None:
-            continue
-
-        def timed(*args, _f=original, _q=qualname, **kwargs):
-            t0 = time.thread_time_ns()
-            try:
-                return _f(*args, **kwargs)
-            finally:
-                times[_q].append(time.thread_time_ns() - t0)
-
-        originals.append((owner, attr, original))
-        setattr(owner, attr, timed)
     x, y = workload_data("mlp", rows)
-    try:
+    with _timed(WEIGHT_CALLS, lambda qualname, ns: times[qualname].append(ns)):
         for _ in range(fits):
             time_fit(
                 x, y, objective_factories()["nddv"](None, None), 1, 60, measure_memory=False, clock="cpu"
             )
-    finally:
-        for owner, attr, original in originals:
-            setattr(owner, attr, original)
     return {q: statistics.median(t) / 1e3 for q, t in times.items()}
 
 

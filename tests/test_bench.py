@@ -312,3 +312,13 @@ def test_complexity_gap_adapter_scores_conflicting_duplicates_most_suspicious():
     assert dv.metadata["ridge"] == 0.0 and dv.metadata["conflicting_rows"] == 2
     values = align_values(dv, 40, "complexity_gap")
     assert np.isfinite(values).all() and set(np.argsort(values)[:2]) == {0, 1}
+
+
+def test_step_profile_times_the_weight_calls_and_restores_them():
+    from benchmarks import bench_step_profile
+    from lightning_dv.methods.weights import SampleWeights
+
+    forward = SampleWeights.forward
+    times = bench_step_profile.medians(rows=1000, fits=1)
+    assert times["SampleWeights.forward"] > 0 and times["SampleWeights._dense_step"] > 0
+    assert SampleWeights.forward is forward  # the timers are gone after the fits
