@@ -77,7 +77,7 @@ def kernel_potentials(
     """
     args = (eps_list, cost, alpha, beta, zero_log_mass)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # detected, then redone
-        if min(b / a for a, b in zip(eps_list, eps_list[1:]) if a > 0) < COARSE_EPS_RATIO:
+        if min((b / a for a, b in zip(eps_list, eps_list[1:]) if a > 0), default=1.0) < COARSE_EPS_RATIO:
             return _kernel_loop(*args, checked=True)  # a coarse schedule: checked from the start
         return _kernel_loop(*args, checked=False) or _kernel_loop(*args, checked=True)
 
