@@ -343,3 +343,40 @@ class PendingRecords:
     def clear(self) -> None:
         """Drop the held records (the state they were meant for was replaced, e.g. by a checkpoint load)."""
         self._records, self._held, self._held_elements = [], 0, 0
+
+
+def hold_records(module: nn.Module) -> PendingRecords:
+    """A :class:`PendingRecords` buffer for a state ``module`` whose ``flush()`` applies it, kept as
+    ``module._pending``: applied before every ``state_dict`` (a checkpoint, mid-epoch included, sees
+    every record) and dropped before a ``load_state_dict`` (the records belong to the state being
+    replaced).
+
+    Example:
+        >>> class Counts(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.n = nn.Parameter(torch.zeros(3), requires_grad=False)
+        ...         hold_records(self)
+        ...     def flush(self):
+        ...         if (taken := self._pending.take()) is not None:
+        ...             self.n.index_add_(0, taken[0], torch.ones(len(taken[0])))
+        >>> c = Counts()
+        >>> c._pending.add(torch.tensor([0])), c._pending.add(torch.tensor([2]))  # the first: apply now
+        (True, False)
+        >>> c.flush(); c._pending.add(torch.tensor([2]))
+        False
+        >>> c.state_dict()["n"].tolist()  # the held record applied first
+        [1.0, 0.0, 2.0]
+    """
+    module._pending = PendingRecords()
+    module.register_state_dict_pre_hook(_flush_before_save)  # module-level functions: picklable
+    module._register_load_state_dict_pre_hook(_drop_held_before_load, with_module=True)
+    return module._pending
+
+
+def _flush_before_save(module: nn.Module, *_: object) -> None:
+    module.flush()
+
+
+def _drop_held_before_load(module: nn.Module, *_: object) -> None:
+    module._pending.clear()

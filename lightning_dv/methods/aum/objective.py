@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_dv._validation import check_choice, check_class_labels, check_window
-from lightning_dv.distributed import PendingRecords, RowStatistics, frozen_parameter
+from lightning_dv.distributed import RowStatistics, frozen_parameter, hold_records
 from lightning_dv.methods.base import ValuationObjective, ValuationState, ValuationStep
 from lightning_dv.methods.calibration import calibrate, check_calibration
 
@@ -78,14 +78,6 @@ def check_margin_inputs(outputs: Tensor, targets: object) -> None:
         )
 
 
-def _flush_before_save(module: AUMState, *_: object) -> None:
-    module.flush()
-
-
-def _clear_before_load(module: AUMState, *_: object) -> None:
-    module._pending.clear()  # records of the state being replaced
-
-
 class AUMState(ValuationState):
     """Per-row margin statistics (sum and count of this epoch, total over the first ``window`` epochs).
 
@@ -104,10 +96,8 @@ class AUMState(ValuationState):
             self.frozen = frozen_parameter(torch.zeros(num_rows))
             self.frozen_seen = frozen_parameter(torch.zeros(num_rows))
             self.best = frozen_parameter(torch.tensor([float("nan"), 0.0]))
-        self._pending = PendingRecords()
+        hold_records(self)
         self._pending_shape: tuple = ()
-        self.register_state_dict_pre_hook(_flush_before_save)  # module-level functions: picklable
-        self._register_load_state_dict_pre_hook(_clear_before_load, with_module=True)
 
     @torch.no_grad()
     def record(self, rows: Tensor, outputs: Tensor, targets: Tensor) -> None:

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_dv._validation import check_class_labels
-from lightning_dv.distributed import PendingRecords, RowStatistics, all_reduce_sum, frozen_parameter
+from lightning_dv.distributed import RowStatistics, all_reduce_sum, frozen_parameter, hold_records
 from lightning_dv.methods.base import ValuationState
 from lightning_dv.methods.nddv.formulas import state_costate_value, terminal_probabilities
 from lightning_dv.methods.nddv.meta import WeightNet
@@ -14,14 +14,6 @@ from lightning_dv.methods.weights import SampleWeights
 
 #: Columns of NDDV's per-row statistics.
 VALUE, WEIGHT = 0, 1
-
-
-def _flush_before_save(module: NDDVState, *_: object) -> None:
-    module.flush()
-
-
-def _clear_before_load(module: NDDVState, *_: object) -> None:
-    module._pending.clear()  # records of the state being replaced
 
 
 class WeightedMean(nn.Module):
@@ -94,10 +86,8 @@ class NDDVState(ValuationState):
         self.field = WeightedMean()
         self.dynamics = nn.ModuleDict()
         self.meta_steps = frozen_parameter(torch.zeros(()))
-        self._pending = PendingRecords()
+        hold_records(self)
         self._pending_key: tuple = ()
-        self.register_state_dict_pre_hook(_flush_before_save)  # module-level functions: picklable
-        self._register_load_state_dict_pre_hook(_clear_before_load, with_module=True)
 
     # -- the per-step records, applied every few dozen steps ------------------------------------
     @torch.no_grad()
