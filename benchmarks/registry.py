@@ -227,6 +227,16 @@ LOSSVAL_VARIANTS: dict[str, tuple[str, dict]] = {
         "LossVal at defaults, the fast solver annealing at ot_scaling=0.1 (fewer epsilon steps)",
         {"ot_scaling": 0.1},
     ),
+    "lossval_learned": (
+        "LossVal with learned weights (learn_weights=True): the weights step with Adam every step, "
+        "the trajectory reads the gradient at the current weights",
+        {"learn_weights": True},
+    ),
+    "lossval_fixed": (
+        "LossVal with fixed weights (learn_weights=False): the trajectory reads the gradient at w = 1, "
+        "no weight state and no weight step",
+        {"learn_weights": False},
+    ),
     "lossval_reweight": (
         "LossVal, 30 epochs, the model trained on the learned weights (model_loss='reweight')",
         {"model_loss": "reweight"},

@@ -133,6 +133,7 @@ class DataValuation(Callback):
                 f"`model_loss='reweight'` needs per-row weights from the objective, and "
                 f"{type(objective).__name__} provides none: use model_loss='plain' (the default)."
             )
+        objective.bind_model_loss(model_loss)
         for name, count in (
             ("log_lowest_every_n_epochs", log_lowest_every_n_epochs),
             ("num_lowest", num_lowest),

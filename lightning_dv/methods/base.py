@@ -136,6 +136,12 @@ class ValuationObjective(ABC):
     #: built-in objective keeps ``"plain"`` (bit-identical to a plain fit: the guarantee).
     default_model_loss: str = "plain"
 
+    def bind_model_loss(self, model_loss: str) -> None:
+        """Told by :class:`~lightning_dv.DataValuation` (at construction, before ``build``) what the
+        user's model trains on; raise ``ValueError`` for a mode the objective cannot serve, or size
+        the state for it (LossVal learns its weights only where they are read). Default: accept any.
+        """
+
     @abstractmethod
     def build(self, num_rows: int) -> ValuationState:
         """Create the state for ``num_rows`` training rows."""

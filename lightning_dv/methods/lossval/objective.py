@@ -109,13 +109,19 @@ def flatten_features(inputs: Tensor) -> Tensor:
 
 
 class LossValState(ValuationState):
-    """Learnable state of LossVal: the weights, the per-row gradient trajectory (its first
-    ``window`` epochs per row), and the fixed OT diameter (saved for exact resume)."""
+    """State of LossVal: the learned weights (None when they stay fixed), the per-row gradient
+    trajectory (its first ``window`` epochs per row), and the fixed OT diameter (saved for exact
+    resume).
 
-    def __init__(self, weights: SampleWeights, window: int | None = None) -> None:
-        super().__init__(weights.num_samples)
+    Example:
+        >>> LossValState(4, weights=None).weights is None  # fixed weights: the trajectory alone
+        True
+    """
+
+    def __init__(self, num_rows: int, weights: SampleWeights | None = None, window: int | None = None) -> None:
+        super().__init__(num_rows)
         self.weights = weights
-        self.trajectory = RowStatistics(weights.num_samples, window=window)
+        self.trajectory = RowStatistics(num_rows, window=window)
         self.register_buffer("diameter", torch.tensor(float("nan")))
 
 
@@ -232,6 +238,7 @@ class LossVal(ValuationObjective):
         signal: str = "trajectory",
         window: int | None = 10,
         ot_scaling: float | None = None,
+        learn_weights: bool | None = None,
     ) -> None:
         check_choice("mass", mass, MASSES)
         check_choice("signal", signal, SIGNALS)
@@ -257,11 +264,25 @@ class LossVal(ValuationObjective):
                 f"`ot_scaling={ot_scaling}` sets the fast solver's annealing, which `ot={ot!r}` does not use; "
                 "drop `ot_scaling`, or use `ot='fast'`."
             )
+        if learn_weights not in (None, True, False):
+            raise TypeError(f"`learn_weights` must be True, False or None (automatic); got {learn_weights!r}.")
+        if learn_weights is False and signal == "weights":
+            raise ValueError(
+                "`signal='weights'` reads the learned weights, but `learn_weights=False` keeps them fixed: pass "
+                "`learn_weights=True` (or leave it None), or use `signal='trajectory'`."
+            )
+        if learn_weights is False and constraint != "none":
+            raise ValueError(
+                f"`constraint={constraint!r}` constrains learned weights, but `learn_weights=False` keeps them "
+                "fixed at `init`: drop `constraint`, or pass `learn_weights=True`."
+            )
         if validation_subsample is not None and validation_subsample < 1:
             raise ValueError(f"`validation_subsample` must be >= 1; got {validation_subsample}.")
         self.validation_inputs = None if validation is None else _validation_inputs(validation)
         self.task_loss = task_loss
         self.signal, self.window = signal, window
+        self.learn_weights = learn_weights
+        self._model_loss = "plain"  # what DataValuation trains the model on (bind_model_loss)
         self.features = features or flatten_features
         self.mass, self.reduction, self.constraint = mass, reduction, constraint
         self.exponent, self.lr, self.init = float(exponent), float(lr), float(init)
@@ -276,9 +297,28 @@ class LossVal(ValuationObjective):
         self._divergence: SinkhornDivergence | CachedSinkhornDivergence | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
+    @property
+    def learned(self) -> bool:
+        """Whether this fit learns the weights: ``learn_weights``, or (None) where the values or the
+        model read them (``signal="weights"``, ``model_loss="reweight"`` / ``"objective"``)."""
+        if self.learn_weights is not None:
+            return self.learn_weights
+        return self.signal == "weights" or self._model_loss != "plain"
+
+    def bind_model_loss(self, model_loss: str) -> None:
+        if self.learn_weights is False and model_loss != "plain":
+            raise ValueError(
+                f"`DataValuation(model_loss={model_loss!r})` trains the model on LossVal's learned weights, but "
+                "`LossVal(learn_weights=False)` keeps them fixed: pass `learn_weights=True` (or leave it None), "
+                "or use model_loss='plain'."
+            )
+        self._model_loss = model_loss
+
     def build(self, num_rows: int) -> LossValState:
+        if not self.learned:
+            return LossValState(num_rows, None, window=self.window)
         weights = SampleWeights(num_rows, init=self.init, constraint=self.constraint)
-        return LossValState(weights, window=self.window)
+        return LossValState(num_rows, weights, window=self.window)
 
     def state_dict(self) -> dict[str, Any]:
         return {"subsample_rng": self._subsample_rng.get_state()}
@@ -367,16 +407,26 @@ class LossVal(ValuationObjective):
                 f"{self._val_features.shape[1]}: pass validation inputs shaped like the training inputs, "
                 "or a `features=` function that maps both to the same space."
             )
-        w = state.weights(step.idx)
-        per_sample = step.per_sample_loss
+        if state.weights is None:  # fixed weights: a leaf of this step only, never stepped
+            w = torch.full(step.idx.shape, self.init, device=feats.device, requires_grad=True)
+        else:
+            w = state.weights(step.idx)
+        per_sample = step.per_sample_loss if state.weights is not None else step.per_sample_loss.detach()
         if self.task_loss == "auto" and _is_classification(step.outputs, step.targets):
             per_sample = bounded_cross_entropy(step.outputs, step.targets.to(step.outputs.device))
         weighted = w.to(per_sample.dtype) * per_sample
         task = weighted.sum() if self.reduction == "sum" else weighted.mean()
         d = self.divergence(state, w, feats)
+        loss = task * d.to(task.dtype) ** self.exponent
+        if state.weights is None:
+            # The model never sees fixed weights: the rows' gradient is read off now (no backward
+            # hook, no weight step) and the returned loss drives nothing.
+            (grad,) = torch.autograd.grad(loss, w)  # w is the graph's only leaf: nothing else is freed
+            state.trajectory.update(step.idx, standardised_descent(grad))
+            return loss.detach()
         if self.signal == "trajectory" and w.requires_grad:
             w.register_hook(_TrajectoryHook(state.trajectory, step.idx))
-        return task * d.to(task.dtype) ** self.exponent
+        return loss
 
     def on_train_epoch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: nn.Module
@@ -393,7 +443,8 @@ class LossVal(ValuationObjective):
         return state.weights(idx).detach().clamp(min=0)
 
     def after_optimizer_step(self, state: nn.Module) -> None:
-        state.weights.project_()
+        if state.weights is not None:
+            state.weights.project_()
 
     def configure_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=self.lr)
