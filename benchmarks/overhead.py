@@ -143,6 +143,9 @@ def objective_factories() -> dict[str, Callable[[np.ndarray, np.ndarray], object
     def lossval(xv: np.ndarray, yv: np.ndarray):
         return project_class("lossval")(validation=(xv, yv))
 
+    def lossval_learned(xv: np.ndarray, yv: np.ndarray):  # the default before session 6
+        return project_class("lossval")(validation=(xv, yv), learn_weights=True)
+
     def lossval_exact(xv: np.ndarray, yv: np.ndarray):
         return project_class("lossval")(validation=(xv, yv), ot="exact")
 
@@ -152,7 +155,13 @@ def objective_factories() -> dict[str, Callable[[np.ndarray, np.ndarray], object
     def aum(xv: np.ndarray, yv: np.ndarray):
         return project_class("aum")()
 
-    return {"lossval": lossval, "lossval_exact": lossval_exact, "nddv": nddv, "aum": aum}
+    return {
+        "lossval": lossval,
+        "lossval_learned": lossval_learned,
+        "lossval_exact": lossval_exact,
+        "nddv": nddv,
+        "aum": aum,
+    }
 
 
 class StepTimer:

@@ -149,6 +149,10 @@ def make_objective(name: str, x_valid=None, y_valid=None):
         return LossVal(validation=x_valid)
     if name == "nddv":
         return NDDV()
+    if (
+        name == "lossval_learned"
+    ):  # learned weights (the default before session 6; reweight / objective modes)
+        return LossVal(validation=x_valid, learn_weights=True)
     if name == "lossval_subsample":  # draws validation rows from its own checkpointed generator
         return LossVal(validation=x_valid, validation_subsample=10)
     if name == "nddv_meta":

@@ -189,7 +189,7 @@ def test_detached_loss_is_refused_at_the_first_step(data):
 # -- 6. a reused callback; a continued fit ---------------------------------------------------------
 def test_reused_callback_starts_a_new_run_for_a_new_model(data):
     x, y, x_val, _ = data
-    cb = DataValuation(LossVal(validation=x_val))
+    cb = DataValuation(LossVal(validation=x_val, learn_weights=True))
     fit(Variant(), cb, x, y, epochs=2)
     assert cb.values.metadata["optimizer_steps"] == 14
     fit(Variant(), cb, x[:100], y[:100], epochs=1)  # another model, another dataset size
@@ -201,7 +201,7 @@ def test_reused_callback_starts_a_new_run_for_a_new_model(data):
 def test_fitting_the_same_model_again_continues_the_weights_optimizer(data):
     x, y, x_val, _ = data
     model = Variant()
-    cb = DataValuation(LossVal(validation=x_val))
+    cb = DataValuation(LossVal(validation=x_val, learn_weights=True))
     fit(model, cb, x, y, epochs=1)
     fit(model, cb, x, y, epochs=1)
     # Adam's moments carried on (the row-sparse Adam keeps them, with its step, in the weights)
@@ -467,8 +467,18 @@ def test_valuation_loss_result_not_returned_is_refused_at_the_first_step(data):
     x, y, x_val, _ = data
     model = Variant("result_dropped")
     with pytest.raises(RuntimeError, match="did not reach the loss"):
-        fit(model, DataValuation(LossVal(validation=x_val)), x, y)
+        fit(model, DataValuation(LossVal(validation=x_val, learn_weights=True)), x, y)
     assert model.train_steps == 1
+
+
+def test_fixed_weights_value_the_rows_even_when_the_result_is_dropped(data):
+    """LossVal's default reads the rows' gradient inside ``valuation_loss``: nothing waits on a backward."""
+    x, y, x_val, _ = data
+    dropped = DataValuation(LossVal(validation=x_val))
+    fit(Variant("result_dropped"), dropped, x, y)
+    returned = DataValuation(LossVal(validation=x_val))
+    fit(Variant(), returned, x, y)
+    np.testing.assert_array_equal(dropped.values.values, returned.values.values)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

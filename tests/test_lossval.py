@@ -63,8 +63,8 @@ def test_tensorboard_histogram_every_epoch_and_export(tmp_path, small):
     assert sorted(back.index.tolist()) == list(range(len(small.x_train)))
 
 
-def test_weights_leave_user_optimizer_and_change(small):
-    cb, trainer, model = fit(small, epochs=1)
+def test_learned_weights_leave_user_optimizer_and_change(small):
+    cb, trainer, model = fit(small, epochs=1, objective_kwargs={"learn_weights": True, "signal": "weights"})
     ours = {id(p) for p in model.dv_state.parameters()}
     for group in trainer.optimizers[0].param_groups:
         assert not any(id(p) in ours for p in group["params"])
@@ -93,12 +93,13 @@ def test_plain_load_from_checkpoint_is_strict(tmp_path, small):
     loaded = MLP.load_from_checkpoint(tmp_path / "last.ckpt")
     torch.testing.assert_close(loaded.net[0].weight, model.net[0].weight)
     dv_state = torch.load(tmp_path / "last.ckpt", weights_only=False)["lightning_dv_state"]
-    torch.testing.assert_close(dv_state["weights.raw"], model.dv_state.weights.raw)
+    torch.testing.assert_close(dv_state["trajectory.total"], model.dv_state.trajectory.total)
+    assert not any(k.startswith("weights.") for k in dv_state)  # the default keeps no weights
 
 
 @pytest.mark.parametrize("precision", ["bf16-mixed"])  # bf16-true: tests/test_objective_contract.py
 def test_bf16_keeps_weights_fp32_and_steps_once(small, precision):
-    cb, _, model = fit(small, epochs=1, precision=precision)
+    cb, _, model = fit(small, epochs=1, precision=precision, objective_kwargs={"learn_weights": True})
     assert model.dv_state.weights.raw.dtype == torch.float32
     assert cb.optimizer_steps == math.ceil(len(small.x_train) / 32)
     assert np.isfinite(cb.values.values).all() and not np.allclose(cb.values.values, 1.0)
@@ -229,7 +230,7 @@ def test_window_averages_each_rows_first_epochs_of_the_standardised_descent():
 
     torch.manual_seed(0)
     x_val = torch.randn(20, 3)
-    objective = LossVal(validation=x_val, window=2)
+    objective = LossVal(validation=x_val, window=2, learn_weights=True)
     state = objective.build(num_rows=6)
     objective._val_features = x_val
     epoch_means = []
@@ -262,3 +263,103 @@ def test_window_freezes_the_values_of_a_real_fit(small):
     cb_all, _, _ = fit(small, epochs=4, objective_kwargs={"window": None})
     np.testing.assert_allclose(np.asarray(cb_all.values.trajectory)[1], traj[1], rtol=1e-5, atol=1e-6)
     assert not np.allclose(np.asarray(cb_all.values.trajectory)[3], traj[3])
+
+
+# -- fixed weights (the default): no weight state, no weight step -----------------------------------
+class RecordingMLP(MLP):
+    """The example classifier that also keeps what each training step handed to ``valuation_loss``."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.steps = []
+
+    def training_step(self, batch, batch_idx):
+        idx, x, y = batch
+        out = self(x)
+        self.steps.append((self.current_epoch, idx.clone(), x.clone(), out.detach().clone(), y.clone()))
+        return self.valuation_loss(self.per_sample_loss(out, y), idx, inputs=x, outputs=out, targets=y)
+
+
+def test_fixed_weight_values_match_a_geomloss_autograd_reference(small):
+    """value_i = mean over row i's first `window` epochs of its epoch-mean z_i, where z is the
+    standardised descent of d(L_w D**2)/dw at w = 1, D geomloss's debiased Sinkhorn with raw masses
+    (autograd through geomloss, float64) on the batches and model outputs of a real fit."""
+    from geomloss import SamplesLoss
+
+    seeded(0)
+    model = RecordingMLP(small.x_train.shape[1], small.num_classes)
+    cb, _, _ = fit(small, epochs=3, model=model, objective_kwargs={"window": 2, "ot_scaling": 0.5})
+    state = model.dv_state
+    assert state.weights is None
+    sinkhorn = SamplesLoss(
+        "sinkhorn",
+        p=2,
+        blur=0.05,
+        scaling=0.5,
+        debias=True,
+        diameter=float(state.diameter),
+        backend="tensorized",
+    )
+    y_val = torch.as_tensor(small.x_valid).double()
+    n = len(small.x_train)
+    epoch_sums = torch.zeros(3, n, dtype=torch.float64)
+    epoch_counts = torch.zeros(3, n, dtype=torch.float64)
+    for epoch, idx, x, out, y in model.steps:
+        w = torch.ones(len(idx), dtype=torch.float64, requires_grad=True)
+        p = torch.softmax(out.double(), 1).gather(1, y[:, None]).squeeze(1)
+        task = (w * -torch.log(p + 1e-8)).sum()
+        d = sinkhorn(w, x.double(), torch.ones(len(y_val), dtype=torch.float64), y_val)
+        (g,) = torch.autograd.grad(task * d**2, w)
+        epoch_sums[epoch, idx] += -(g - g.mean()) / g.std()
+        epoch_counts[epoch, idx] += 1
+    expected = (epoch_sums[:2] / epoch_counts[:2]).mean(0)  # every row is seen every epoch; window 2
+    np.testing.assert_allclose(cb.values.values, expected.numpy(), rtol=1e-3, atol=1e-3)
+    np.testing.assert_array_equal(cb.values.trajectory[1], cb.values.trajectory[2])  # frozen after 2
+
+
+def test_default_keeps_16_bytes_per_row_and_no_weight_step(small):
+    cb, trainer, model = fit(small, epochs=2)
+    state, n = model.dv_state, len(small.x_train)
+    assert state.weights is None and not any(p.requires_grad for p in state.parameters())
+    per_row = sum(
+        t.numel() * t.element_size() for t in state.state_dict().values() if t.ndim and t.shape[0] == n
+    )
+    assert per_row == 16 * n  # the windowed trajectory alone: sum, count, total, epochs (float32)
+    assert cb.optimizer is None and cb.optimizer_steps == 0
+    assert not np.allclose(cb.values.values, cb.values.values[0])
+
+
+def test_learned_weights_by_default_where_they_are_read(small):
+    v = small.x_valid
+    assert LossVal(validation=v).learned is False
+    assert LossVal(validation=v, signal="weights").learned is True
+    assert LossVal(validation=v, learn_weights=True).learned is True
+    for mode in ("reweight", "objective"):
+        assert DataValuation(LossVal(validation=v), model_loss=mode).objective.learned is True
+    assert DataValuation(LossVal(validation=v), model_loss="plain").objective.learned is False
+    cb, _, model = fit(small, epochs=1, callback_kwargs={"model_loss": "reweight"})
+    assert model.dv_state.weights is not None and cb.optimizer_steps == math.ceil(len(small.x_train) / 32)
+
+
+def test_fixed_weights_refuse_what_needs_learned_weights():
+    v = torch.randn(20, 3)
+    with pytest.raises(ValueError, match="`signal='weights'` reads the learned weights.*learn_weights=True"):
+        LossVal(validation=v, learn_weights=False, signal="weights")
+    with pytest.raises(ValueError, match="`constraint='softplus'` constrains learned weights"):
+        LossVal(validation=v, learn_weights=False, constraint="softplus")
+    for mode in ("reweight", "objective"):
+        with pytest.raises(
+            ValueError, match=f"model_loss='{mode}'.*`LossVal\\(learn_weights=False\\)` keeps"
+        ):
+            DataValuation(LossVal(validation=v, learn_weights=False), model_loss=mode)
+    with pytest.raises(TypeError, match="`learn_weights` must be True, False or None"):
+        LossVal(validation=v, learn_weights="yes")
+
+
+def test_fixed_and_learned_weights_train_the_same_model_and_rank_rows_alike(small):
+    fixed, _, fixed_model = fit(small, epochs=3)
+    learned, _, learned_model = fit(small, epochs=3, objective_kwargs={"learn_weights": True})
+    for (k, p), (_, q) in zip(fixed_model.net.named_parameters(), learned_model.net.named_parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=k)  # the model never sees the weights
+    assert not np.array_equal(fixed.values.values, learned.values.values)
+    assert np.corrcoef(fixed.values.values, learned.values.values)[0, 1] > 0.9

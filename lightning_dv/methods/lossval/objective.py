@@ -118,7 +118,9 @@ class LossValState(ValuationState):
         True
     """
 
-    def __init__(self, num_rows: int, weights: SampleWeights | None = None, window: int | None = None) -> None:
+    def __init__(
+        self, num_rows: int, weights: SampleWeights | None = None, window: int | None = None
+    ) -> None:
         super().__init__(num_rows)
         self.weights = weights
         self.trajectory = RowStatistics(num_rows, window=window)
@@ -265,7 +267,9 @@ class LossVal(ValuationObjective):
                 "drop `ot_scaling`, or use `ot='fast'`."
             )
         if learn_weights not in (None, True, False):
-            raise TypeError(f"`learn_weights` must be True, False or None (automatic); got {learn_weights!r}.")
+            raise TypeError(
+                f"`learn_weights` must be True, False or None (automatic); got {learn_weights!r}."
+            )
         if learn_weights is False and signal == "weights":
             raise ValueError(
                 "`signal='weights'` reads the learned weights, but `learn_weights=False` keeps them fixed: pass "
