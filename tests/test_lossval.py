@@ -363,3 +363,34 @@ def test_fixed_and_learned_weights_train_the_same_model_and_rank_rows_alike(smal
         torch.testing.assert_close(p, q, rtol=0, atol=0, msg=k)  # the model never sees the weights
     assert not np.array_equal(fixed.values.values, learned.values.values)
     assert np.corrcoef(fixed.values.values, learned.values.values)[0, 1] > 0.9
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"mass": "uniform"}, {"reduction": "mean", "exponent": 1.0}, {"ot": "exact"}, {"init": 0.5}],
+)
+def test_fixed_weight_gradient_is_the_autograd_gradient_of_the_formula(options):
+    """The closed form read off the dual potentials == autograd of ``L_w * D**e`` at ``w = init``."""
+    from lightning_dv.methods.base import ValuationStep
+
+    torch.manual_seed(0)
+    x_val, x = torch.randn(40, 5), torch.randn(16, 5)
+    objective = LossVal(validation=x_val, **options)
+    state = objective.build(num_rows=16)
+    objective._val_features = x_val
+    losses = torch.rand(16) + 0.1
+    loss, grad = objective._fixed_weight_gradient(state, losses, x)
+    w = torch.full((16,), objective.init, requires_grad=True)
+    weighted = w * losses
+    task = weighted.sum() if objective.reduction == "sum" else weighted.mean()
+    reference = task * objective.divergence(state, w, x) ** objective.exponent
+    (expected,) = torch.autograd.grad(reference, w)
+    torch.testing.assert_close(grad.float(), expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+    torch.testing.assert_close(loss, reference.detach(), rtol=1e-5, atol=0)
+    objective.loss(state, ValuationStep(losses, torch.arange(16), inputs=x))  # records the same descent
+    objective.on_train_epoch_end(None, None, state)
+    torch.testing.assert_close(objective.values(state), standardised(expected), rtol=1e-4, atol=1e-4)
+
+
+def standardised(g):
+    return -(g - g.mean()) / g.std()

@@ -245,7 +245,10 @@ def run_worker(method, out, *args):
 SLOW = pytest.mark.slow
 DDP_METHODS = [
     "aum",  # the default suite runs one 2-process fit
-    *(pytest.param(m, marks=SLOW) for m in ("lossval", "lossval_learned", "nddv", "margin", *WHOLE_SET_METHODS)),
+    *(
+        pytest.param(m, marks=SLOW)
+        for m in ("lossval", "lossval_learned", "nddv", "margin", *WHOLE_SET_METHODS)
+    ),
 ]
 
 

@@ -1,6 +1,6 @@
 """LossVal (Wibiral et al., "LossVal: Efficient Data Valuation for Neural Networks", 2024/25).
 
-For a minibatch B with rows i and learnable weights w_i:
+For a minibatch B with rows i and per-row weights w_i:
 
     L_w  = sum_i w_i * l_i                      (or the weighted mean, ``reduction="mean"``)
     D    = debiased Sinkhorn divergence between {(w_i, f(x_i))} and {(1, f(v_j))}
@@ -8,6 +8,17 @@ For a minibatch B with rows i and learnable weights w_i:
 
 with ``f`` the ``features=`` hook (default: flattened inputs) applied to the batch inputs and to
 the validation inputs alike.
+
+The weights (``learn_weights=``): the paper learns them with Adam alongside the model. Where
+nothing reads them (the default: ``signal="trajectory"`` with the model on the user's plain
+loss) they stay FIXED at ``init`` (1): the state is the trajectory alone (16 bytes per row
+instead of 32), no weight step or DDP exchange runs, and ``g_i`` is read in the step itself.
+Why: at raw masses the weights reach ``g_i`` only through the common scalars ``L_w``, ``D`` and
+the OT term's small per-row part, so learning them adds nothing the values need; on the protocol
+the fixed weights detect as well on 7 of 8 datasets and better on breast_cancer (F1 0.736 ->
+0.744 at 10%, 0.767 -> 0.781 at 20%, reported seeds; docs/lossval_speed.md, session 6). They are
+learned where they are read: ``signal="weights"``, ``DataValuation(model_loss="reweight")`` or
+``"objective"``.
 
 The values (``signal=``): by default (``"trajectory"``) the mean of each row's standardised
 descent direction of that loss over the first ``window`` epochs the row is seen in,
@@ -168,10 +179,11 @@ class LossVal(ValuationObjective):
         mass: ``"raw"`` (the paper: batch mass = sum of weights, validation mass J; geomloss does
             not normalise) or ``"uniform"`` (both clouds normalised to mass 1).
         reduction: ``"sum"`` (the paper) or ``"mean"`` of the weighted per-sample losses.
-        constraint: ``"none"`` (the paper: weights may go negative), ``"softplus"`` or ``"clamp"``.
+        constraint: Learned weights only: ``"none"`` (the paper: weights may go negative),
+            ``"softplus"`` or ``"clamp"``.
         exponent: Power of the divergence; 2 in the paper (1 measured clearly worse).
-        lr: Learning rate of the weights' Adam optimizer (the paper: 0.01, shared with the model).
-        init: Initial weight.
+        lr: Learning rate of the learned weights' Adam optimizer (the paper: 0.01, shared with the model).
+        init: Initial weight (the weight of every row when the weights are fixed).
         blur, scaling, p: geomloss Sinkhorn settings (paper: 0.05, 0.5, 2).
         ot_scaling: ``ot="fast"`` only: the epsilon-scaling ratio the solver anneals its potentials
             at. ``None`` (default): :data:`DEFAULT_OT_SCALING` (0.2), or ``scaling`` if smaller;
@@ -207,11 +219,19 @@ class LossVal(ValuationObjective):
         window: With ``signal="trajectory"``, the number of epochs per row that enter its value
             (default 10, as AUM and NDDV); later epochs, in which the model memorises flipped
             labels, leave it unchanged. ``None``: every epoch of the fit.
+        learn_weights: ``None`` (default): learn the weights only where they are read
+            (``signal="weights"``, ``DataValuation(model_loss="reweight")`` or ``"objective"``),
+            else keep them fixed at ``init`` (no weight state or step; the module docstring says
+            why). ``True``: always learn them (the paper; the default before session 6).
+            ``False``: never; refused with ``signal="weights"``, a ``constraint`` or a
+            ``model_loss`` other than ``"plain"``.
 
     Example:
         >>> objective = LossVal(validation=torch.randn(100, 8))
         >>> state = objective.build(num_rows=500)
-        >>> state.weights.all().shape
+        >>> state.weights is None, state.trajectory.mean().shape  # fixed weights: the trajectory alone
+        (True, torch.Size([500]))
+        >>> LossVal(validation=torch.randn(100, 8), signal="weights").build(500).weights.all().shape
         torch.Size([500])
     """
 
@@ -374,21 +394,60 @@ class LossVal(ValuationObjective):
     def _diameter_known(state: LossValState) -> bool:
         return bool(torch.isfinite(state.diameter))
 
+    def _step_solver(self, state: LossValState, batch_features: Tensor):
+        """This step's OT solver: the fit's own, or one on this step's validation subsample."""
+        self._ensure_divergence(state, batch_features)
+        if self.validation_subsample is None:
+            return self._divergence
+        y = self._val_features
+        k = min(self.validation_subsample, y.shape[0])
+        sub = y[torch.randperm(y.shape[0], generator=self._subsample_rng)[:k].to(y.device)]
+        return self._solver(sub, self._val_weights(k, y.device), float(state.diameter))
+
+    @staticmethod
+    def _fp32(device_type: str):
+        """The OT term runs in fp32 even under AMP: D**2 ~ 1e7 overflows fp16."""
+        amp = torch.is_autocast_enabled(device_type)
+        return torch.autocast(device_type=device_type, enabled=False) if amp else contextlib.nullcontext()
+
     def divergence(self, state: LossValState, weights: Tensor, batch_features: Tensor) -> Tensor:
         """The debiased Sinkhorn divergence of the weighted batch against the validation set (fp32)."""
-        self._ensure_divergence(state, batch_features)
+        solver = self._step_solver(state, batch_features)
         a = weights / weights.sum() if self.mass == "uniform" else weights
-        device_type = batch_features.device.type
-        # The OT term runs in fp32 even under AMP: D**2 ~ 1e7 overflows fp16.
-        amp = torch.is_autocast_enabled(device_type)
-        with torch.autocast(device_type=device_type, enabled=False) if amp else contextlib.nullcontext():
-            if self.validation_subsample is None:
-                return self._divergence(a.float(), batch_features.float())
-            y = self._val_features
-            k = min(self.validation_subsample, y.shape[0])
-            sub = y[torch.randperm(y.shape[0], generator=self._subsample_rng)[:k].to(y.device)]
-            div = self._solver(sub, self._val_weights(k, y.device), float(state.diameter))
-            return div(a.float(), batch_features.float())
+        with self._fp32(batch_features.device.type):
+            return solver(a.float(), batch_features.float())
+
+    def _fixed_weight_gradient(
+        self, state: LossValState, per_sample: Tensor, feats: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """``(loss, dloss/dw)`` at ``w = init`` for every row of the batch, in closed form from the fast
+        solver's dual potentials (float64, no autograd graph):
+
+            dloss/dw_i = dL/dw_i * D**e + L * e * D**(e - 1) * dD/dw_i,    dL/dw_i = l_i (sum) or l_i / B (mean)
+
+        with ``dD/dw_i = dS/da_i`` at raw masses and ``(dS/da_i - a . dS/da) / sum w`` at uniform ones."""
+        solver = self._step_solver(state, feats)
+        n = feats.shape[0]
+        w = torch.full((n,), self.init, device=feats.device, dtype=torch.float64)
+        total = w.sum()
+        a = w / total if self.mass == "uniform" else w
+        with self._fp32(feats.device.type):
+            if isinstance(solver, SinkhornDivergence):
+                d, grad_a = solver.solve(a, feats)
+                d, grad_a = d.to(w.device), grad_a.to(w.device)
+            else:  # geomloss (ot="exact"): its gradient by autograd
+                leaf = a.float().requires_grad_(True)
+                with torch.enable_grad():
+                    value = solver(leaf, feats.float())
+                    (grad_a,) = torch.autograd.grad(value, leaf)
+                d, grad_a = value.detach().double(), grad_a.double()
+        dd = (grad_a - (a * grad_a).sum()) / total if self.mass == "uniform" else grad_a
+        losses = per_sample.detach().double()
+        scale = 1.0 if self.reduction == "sum" else 1.0 / n
+        task = (w * losses).sum() * scale
+        e = self.exponent
+        grad = losses * scale * d**e + task * e * d ** (e - 1) * dd
+        return (task * d**e).float(), grad
 
     def loss(self, state: nn.Module, step: ValuationStep) -> Tensor:
         if step.inputs is None:
@@ -411,23 +470,20 @@ class LossVal(ValuationObjective):
                 f"{self._val_features.shape[1]}: pass validation inputs shaped like the training inputs, "
                 "or a `features=` function that maps both to the same space."
             )
-        if state.weights is None:  # fixed weights: a leaf of this step only, never stepped
-            w = torch.full(step.idx.shape, self.init, device=feats.device, requires_grad=True)
-        else:
-            w = state.weights(step.idx)
-        per_sample = step.per_sample_loss if state.weights is not None else step.per_sample_loss.detach()
+        per_sample = step.per_sample_loss
         if self.task_loss == "auto" and _is_classification(step.outputs, step.targets):
             per_sample = bounded_cross_entropy(step.outputs, step.targets.to(step.outputs.device))
+        if state.weights is None:
+            # The model never sees fixed weights: the rows' gradient is read off now (no backward
+            # hook, no weight step) and the returned loss drives nothing.
+            loss, grad = self._fixed_weight_gradient(state, per_sample, feats)
+            state.trajectory.update(step.idx, standardised_descent(grad))
+            return loss
+        w = state.weights(step.idx)
         weighted = w.to(per_sample.dtype) * per_sample
         task = weighted.sum() if self.reduction == "sum" else weighted.mean()
         d = self.divergence(state, w, feats)
         loss = task * d.to(task.dtype) ** self.exponent
-        if state.weights is None:
-            # The model never sees fixed weights: the rows' gradient is read off now (no backward
-            # hook, no weight step) and the returned loss drives nothing.
-            (grad,) = torch.autograd.grad(loss, w)  # w is the graph's only leaf: nothing else is freed
-            state.trajectory.update(step.idx, standardised_descent(grad))
-            return loss.detach()
         if self.signal == "trajectory" and w.requires_grad:
             w.register_hook(_TrajectoryHook(state.trajectory, step.idx))
         return loss

@@ -365,6 +365,19 @@ class SinkhornDivergence:
         t = self._t[0] * log_ma + self._t[1]
         return s - self._s_own * log_ma, t * self.mass_b - 0.5 * self.self_term
 
+    def solve(self, a: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``S((a, x), (b, y))`` and its gradient ``f_ab - f_aa`` in the masses ``a``, both float64,
+        without autograd (LossVal's fixed weights read the gradient directly)."""
+        with torch.no_grad():
+            a32, x32 = a.detach().float(), x.detach().float().contiguous()
+            solved = None
+            if (
+                x32.device.type == "cpu"
+                and x32.shape[0] * (self.y.shape[0] + x32.shape[0]) <= self.host_max_entries
+            ):
+                solved = self._host_solve(a32, x32)
+            return solved if solved is not None else self._torch_solve(a32, x32)
+
     def __call__(self, a: Tensor, x: Tensor) -> Tensor:
         """``S((a, x), (b, y))`` as a surrogate: its value, and ``f_ab - f_aa`` as gradient in ``a``."""
         if x.requires_grad:
@@ -372,15 +385,7 @@ class SinkhornDivergence:
                 "the fast Sinkhorn path differentiates in the masses only; the points must not require "
                 "grad. Detach them, or use LossVal(ot='exact') to differentiate through the points."
             )
-        with torch.no_grad():
-            a32, x32 = a.detach().float(), x.float().contiguous()
-            solved = None
-            if (
-                x32.device.type == "cpu"
-                and x32.shape[0] * (self.y.shape[0] + x32.shape[0]) <= self.host_max_entries
-            ):
-                solved = self._host_solve(a32, x32)
-            value, grad = solved if solved is not None else self._torch_solve(a32, x32)
+        value, grad = self.solve(a, x)
         return _MassSurrogate.apply(a, value.to(a.dtype), grad.to(a.dtype))
 
 
