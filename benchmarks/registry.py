@@ -192,7 +192,7 @@ def _lossval_reference(split: Split, seed: int) -> DataValues:
 @register(
     "lossval",
     kind="project",
-    description="LossVal, 30 epochs, MLP(64), Lightning fit (defaults: model on the plain loss, trajectory values)",
+    description="LossVal, 30 epochs, MLP(64), Lightning fit (defaults: model on the plain loss, trajectory values at fixed weights)",
 )
 def _lossval(split: Split, seed: int, model_loss: str | None = None, **options) -> DataValues:
     loss_val = project_class("lossval")
