@@ -197,13 +197,13 @@ def test_two_process_exchange_and_row_sharded_state_equal_their_dense_references
 
 
 def test_ddp_lossval_fit_with_accumulation_keeps_the_row_state_identical_on_both_ranks(tmp_path):
-    # The callback's path end to end: 2 gloo processes (tests/scripts/ddp_worker.py), gradient
+    # The callback's path end to end (LossVal with learned weights): 2 gloo processes (tests/scripts/ddp_worker.py), gradient
     # accumulation 2, 101 rows (one padded duplicate): every row got a gradient, identical state.
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
     script = str(root / "tests" / "scripts" / "ddp_worker.py")
     proc = subprocess.run(
-        [sys.executable, script, "lossval", str(tmp_path), "--accumulate", "2"],
+        [sys.executable, script, "lossval_learned", str(tmp_path), "--accumulate", "2"],
         env=env,
         capture_output=True,
         text=True,
