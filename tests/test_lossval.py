@@ -394,3 +394,25 @@ def test_fixed_weight_gradient_is_the_autograd_gradient_of_the_formula(options):
 
 def standardised(g):
     return -(g - g.mean()) / g.std()
+
+
+@pytest.mark.parametrize(("written", "resumed"), [(True, None), (None, True)])
+def test_resuming_the_other_kind_of_weights_names_learn_weights(tmp_path, small, written, resumed):
+    """A checkpoint with learned weights (the default before session 6) resumed by a fixed-weight
+    LossVal, and the reverse: one clear error naming `learn_weights`, not a strict-load key list."""
+
+    def run(learn, epochs, callbacks=(), ckpt_path=None):
+        seeded(0)
+        cb = DataValuation(LossVal(validation=small.x_valid, learn_weights=learn))
+        kw = trainer_kwargs(enable_checkpointing=True, default_root_dir=tmp_path)
+        trainer = L.Trainer(max_epochs=epochs, callbacks=[cb, *callbacks], **kw)
+        trainer.fit(
+            MLP(small.x_train.shape[1], small.num_classes),
+            loader(small.x_train, small.y_train),
+            ckpt_path=ckpt_path,
+        )
+
+    run(written, 1, callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True)])
+    wanted = "True" if written else "False"
+    with pytest.raises(ValueError, match=f"resume with `LossVal\\(..., learn_weights={wanted}\\)`"):
+        run(resumed, 2, ckpt_path=str(tmp_path / "last.ckpt"))

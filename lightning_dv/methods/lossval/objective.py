@@ -137,6 +137,19 @@ class LossValState(ValuationState):
         self.trajectory = RowStatistics(num_rows, window=window)
         self.register_buffer("diameter", torch.tensor(float("nan")))
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        # A checkpoint of the other kind of state (learned vs fixed weights) would fail on
+        # unexpected / missing keys: say which LossVal wrote it instead.
+        stored = any(k.startswith(prefix + "weights.") for k in state_dict)
+        if (prefix + "trajectory.sum") in state_dict and stored != (self.weights is not None):
+            written, wanted, kept = ("learned", "True", "fixed") if stored else ("fixed", "False", "learned")
+            before = " (LossVal's default before session 6)" if stored else ""
+            raise ValueError(
+                f"this checkpoint holds LossVal's state with {written} weights{before}, but this fit's "
+                f"LossVal keeps them {kept}: resume with `LossVal(..., learn_weights={wanted})`."
+            )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
 
 def standardised_descent(grad: Tensor) -> Tensor:
     """``-(g - mean g) / std g`` over a batch's rows (0 where the batch is constant or not finite).
