@@ -46,23 +46,22 @@ softmax + ``-log(p + 1e-8)`` 0.87 on the same splits; see docs/model_safety.md).
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_dv._validation import (
-    check_choice,
-    check_finite_rows,
-    check_validation_container,
-    check_window,
-)
+from lightning_dv._validation import check_choice, check_window
 from lightning_dv.distributed import RowStatistics, all_reduce_max
-from lightning_dv.io import load_if_path
 from lightning_dv.methods.base import ValuationObjective, ValuationState, ValuationStep
+from lightning_dv.methods.lossval.inputs import (
+    bounded_cross_entropy,
+    flatten_features,
+    is_classification,
+    validation_from_trainer,
+    validation_inputs,
+)
 from lightning_dv.methods.lossval.ot import CachedSinkhornDivergence, bounding_diameter
 from lightning_dv.methods.lossval.sinkhorn import SinkhornDivergence, check_schedule
 from lightning_dv.methods.weights import CONSTRAINTS, SampleWeights
@@ -77,46 +76,10 @@ SIGNALS = ("trajectory", "weights")
 #: ``ot=``: our solver (no autograd through the loop) or geomloss's ``SamplesLoss`` (the reference).
 OT_SOLVERS = ("fast", "exact")
 BACKENDS = ("tensorized", "online", "auto")
-#: The paper's epsilon inside ``-log(p + eps)``.
-LOG_EPS = 1e-8
 #: ``ot_scaling=None``: the fast solver anneals its potentials at this ratio (or at ``scaling`` where
 #: that is smaller). About half the epsilon steps of geomloss's 0.5 at equal detection on the
 #: protocol (selection seeds 100-104: F1 -0.001, AUROC +-0.000 at 10% and 20%; docs/lossval_speed.md).
 DEFAULT_OT_SCALING = 0.2
-
-
-def bounded_cross_entropy(outputs: Tensor, targets: Tensor) -> Tensor:
-    """The paper's per-sample loss ``-log(softmax(z)[y] + 1e-8)``, bounded by ``-log(1e-8) ~ 18.4``.
-
-    Example:
-        >>> bounded_cross_entropy(torch.tensor([[0.0, 0.0], [100.0, -100.0]]), torch.tensor([0, 1])).round(decimals=3)
-        tensor([ 0.6930, 18.4210])
-    """
-    p = torch.softmax(outputs.float(), dim=1).gather(1, targets.reshape(-1, 1).long()).squeeze(1)
-    return -torch.log(p + LOG_EPS)
-
-
-def _is_classification(outputs: Tensor | None, targets: Any) -> bool:
-    return (
-        isinstance(outputs, Tensor)
-        and isinstance(targets, Tensor)
-        and outputs.ndim == 2
-        and outputs.shape[1] >= 2
-        and not targets.is_floating_point()
-        and targets.ndim == 1
-        and targets.shape[0] == outputs.shape[0]
-    )
-
-
-def flatten_features(inputs: Tensor) -> Tensor:
-    """Default ``features=`` hook: one flat float vector per sample."""
-    if not isinstance(inputs, Tensor):
-        raise TypeError(
-            f"LossVal's default features flatten the batch inputs, which must be one tensor; got "
-            f"{type(inputs).__name__}. Pass `inputs=x` as a tensor, or `LossVal(features=f)` with `f` mapping "
-            "your inputs (and the validation inputs) to a (batch, dim) tensor."
-        )
-    return inputs.reshape(inputs.shape[0], -1).float()
 
 
 class LossValState(ValuationState):
@@ -315,7 +278,7 @@ class LossVal(ValuationObjective):
             )
         if validation_subsample is not None and validation_subsample < 1:
             raise ValueError(f"`validation_subsample` must be >= 1; got {validation_subsample}.")
-        self.validation_inputs = None if validation is None else _validation_inputs(validation)
+        self.validation_inputs = None if validation is None else validation_inputs(validation)
         self.task_loss = task_loss
         self.signal, self.window = signal, window
         self.learn_weights = learn_weights
@@ -366,7 +329,7 @@ class LossVal(ValuationObjective):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: nn.Module) -> None:
         if self.validation_inputs is None:
-            self.validation_inputs = _validation_from_trainer(trainer)
+            self.validation_inputs = validation_from_trainer(trainer)
         x_val = self.validation_inputs.to(pl_module.device)
         with torch.no_grad():
             feats = self.features(x_val)
@@ -484,7 +447,7 @@ class LossVal(ValuationObjective):
                 "or a `features=` function that maps both to the same space."
             )
         per_sample = step.per_sample_loss
-        if self.task_loss == "auto" and _is_classification(step.outputs, step.targets):
+        if self.task_loss == "auto" and is_classification(step.outputs, step.targets):
             per_sample = bounded_cross_entropy(step.outputs, step.targets.to(step.outputs.device))
         if state.weights is None:
             # The model never sees fixed weights: the rows' gradient is read off now (no backward
@@ -521,65 +484,3 @@ class LossVal(ValuationObjective):
 
     def configure_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=self.lr)
-
-
-def _validation_from_trainer(trainer: pl.Trainer) -> Tensor:
-    """The inputs of the validation dataloader given to ``fit`` (or the DataModule's), read once."""
-    source = trainer.fit_loop.epoch_loop.val_loop._data_source
-    loader = source.dataloader() if source.is_defined() else None
-    if loader is None or (isinstance(loader, (list, tuple)) and not loader):
-        raise ValueError(
-            "LossVal() was given no `validation=` and the fit has no validation dataloader: pass "
-            "`LossVal(validation=(x_val, y_val))`, or `trainer.fit(model, train_loader, val_loader)` "
-            "(or a DataModule with `val_dataloader`)."
-        )
-    if isinstance(loader, (list, tuple)):
-        loader = loader[0]
-    batches = []
-    for batch in loader:
-        x = batch[0] if isinstance(batch, (list, tuple)) else batch
-        if (
-            isinstance(batch, (list, tuple))
-            and len(batch) == 3
-            and not torch.as_tensor(x).is_floating_point()
-        ):
-            x = batch[1]  # an IndexedDataset batch: (row, x, y)
-        batches.append(torch.as_tensor(x))
-    return _validation_inputs(torch.cat(batches))
-
-
-def _validation_inputs(validation: Any) -> Tensor:
-    """Normalise the ``validation=`` argument to a tensor of inputs."""
-    validation = load_if_path(validation, "validation")  # a .pt / .npz / .csv path, e.g. from a YAML config
-    check_validation_container(validation)
-    if isinstance(validation, (tuple, list)) and len(validation) in (1, 2) and not np.isscalar(validation[0]):
-        validation = validation[0]
-    if isinstance(validation, np.ndarray):
-        validation = torch.from_numpy(validation)
-    if (
-        not isinstance(validation, Tensor)
-        and hasattr(validation, "__getitem__")
-        and hasattr(validation, "__len__")
-    ):
-        items = [validation[i] for i in range(len(validation))]
-        validation = torch.stack(
-            [torch.as_tensor(it[0] if isinstance(it, (tuple, list)) else it) for it in items]
-        )
-    if not isinstance(validation, Tensor):
-        raise TypeError(
-            "`validation` must be the validation inputs (tensor or array), a tuple (x_val, y_val), or a "
-            f"map-style dataset; got {type(validation).__name__}."
-        )
-    if validation.shape[0] == 0:
-        raise ValueError(
-            "`validation` is empty: LossVal needs at least one validation row (100 in the paper)."
-        )
-    if validation.shape[0] < 10:
-        warnings.warn(
-            f"`validation` has only {validation.shape[0]} rows; LossVal's OT term is noisy below ~50 rows.",
-            stacklevel=3,
-        )
-    if validation.is_floating_point():
-        validation = validation.float()
-    check_finite_rows(validation, "`validation` (LossVal's validation inputs)", "drop or impute those rows")
-    return validation
