@@ -12,6 +12,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from benchmarks import baselines
 from benchmarks.baselines import MethodUnavailable
 from lightning_dv.datasets import Split
@@ -323,6 +325,44 @@ def _aum_2means(split: Split, seed: int) -> DataValues:
 def _aum_val(split: Split, seed: int) -> DataValues:
     aum = project_class("aum")
     return fit_with_objective(split, seed, lambda: aum(monitor="val_loss"), epochs=30, validate=True)
+
+
+def _with_out_of_fold(split: Split, seed: int, values: DataValues) -> DataValues:
+    """``values`` of an AUM fit combined with the out-of-fold margins of 5 more fits of the same MLP."""
+    import torch
+
+    from lightning_dv.methods.aum.crossfit import combine_margins, out_of_fold_margins
+    from lightning_dv.modules import ValidatedMLPClassifier
+
+    d, c = split.x_train.shape[1], split.num_classes
+    with quiet_lightning():
+        oof = out_of_fold_margins(
+            lambda: ValidatedMLPClassifier(d, c, hidden=64, valuate=False), split.x_train, split.y_train, seed=seed
+        )
+    order = np.argsort(values.index)
+    margin = torch.as_tensor(values.columns["aum_margin"][order])
+    combined = combine_margins(margin, torch.as_tensor(oof.margins)).numpy()
+    meta = dict(values.metadata, oof_best_epochs=oof.best_epochs, oof_epochs_run=oof.epochs_run)
+    return DataValues(combined, method=values.method, columns={"oof_margin": oof.margins}, metadata=meta)
+
+
+@register(
+    "aum_oof",
+    kind="project",
+    description="`aum` combined with out-of-fold margins: + 5 fits of the same MLP on 4 folds, each stopped "
+    "at its best held-out loss (patience 10, <= 60 epochs); value = calibrated a/s_a + 0.5 o/s_o",
+)
+def _aum_oof(split: Split, seed: int) -> DataValues:
+    return _with_out_of_fold(split, seed, _aum(split, seed))
+
+
+@register(
+    "aum_val_oof",
+    kind="project",
+    description="`aum_val` combined with out-of-fold margins as `aum_oof`",
+)
+def _aum_val_oof(split: Split, seed: int) -> DataValues:
+    return _with_out_of_fold(split, seed, _aum_val(split, seed))
 
 
 @register("aum_paper", description="the paper's AUM: raw mean margin over all 30 epochs, MLP(64)")
