@@ -12,8 +12,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
-
 from benchmarks import baselines
 from benchmarks.baselines import MethodUnavailable
 from lightning_dv.datasets import Split
@@ -329,21 +327,18 @@ def _aum_val(split: Split, seed: int) -> DataValues:
 
 def _with_out_of_fold(split: Split, seed: int, values: DataValues) -> DataValues:
     """``values`` of an AUM fit combined with the out-of-fold margins of 5 more fits of the same MLP."""
-    import torch
-
-    from lightning_dv.methods.aum.crossfit import combine_margins, out_of_fold_margins
+    from lightning_dv.methods.aum.crossfit import with_out_of_fold
     from lightning_dv.modules import ValidatedMLPClassifier
 
     d, c = split.x_train.shape[1], split.num_classes
     with quiet_lightning():
-        oof = out_of_fold_margins(
-            lambda: ValidatedMLPClassifier(d, c, hidden=64, valuate=False), split.x_train, split.y_train, seed=seed
+        return with_out_of_fold(
+            values,
+            lambda: ValidatedMLPClassifier(d, c, hidden=64, valuate=False),
+            split.x_train,
+            split.y_train,
+            seed=seed,
         )
-    order = np.argsort(values.index)
-    margin = torch.as_tensor(values.columns["aum_margin"][order])
-    combined = combine_margins(margin, torch.as_tensor(oof.margins)).numpy()
-    meta = dict(values.metadata, oof_best_epochs=oof.best_epochs, oof_epochs_run=oof.epochs_run)
-    return DataValues(combined, method=values.method, columns={"oof_margin": oof.margins}, metadata=meta)
 
 
 @register(

@@ -46,6 +46,7 @@ def valuate(
     lr: float = 0.01,
     progress: bool = False,
     trainer_kwargs: dict[str, Any] | None = None,
+    folds: int | None = None,
     **method_kwargs: Any,
 ) -> DataValues:
     """Value every row of ``(features, labels)``: HIGHER = MORE VALUABLE, low rows are flagged.
@@ -88,6 +89,11 @@ def valuate(
         batch_size, hidden, lr: The built-in model's batch size, hidden width and learning rate.
         progress: Show Lightning's progress bar (or the method's own).
         trainer_kwargs: Extra ``lightning.Trainer`` arguments (default: CPU, no logger).
+        folds: ``"aum"`` only: also train the built-in model ``folds`` more times (e.g. 5), each on
+            all folds but one and stopped at its best loss on the held-out fold, and combine every
+            row's AUM with its held-out margin, from the one model that never trained on it
+            (:mod:`lightning_dv.methods.aum.crossfit`; columns ``oof_margin``, ``oof_fold``,
+            ``aum_value``). About ``folds + 1`` times the cost; measured gain: benchmarks/README.md 2e.
         **method_kwargs: Passed to the method (``NDDV(...)``, ``LossVal(...)``, ``AUM(...)``,
             ``complexity_gap(...)`` or ``EcoVal(...)``). ``monitor="val_loss"`` with ``"aum"``
             and ``validation`` runs AUM's window on from 10 up to 30 epochs while the loss on
@@ -118,6 +124,13 @@ def valuate(
                 else "must be >= 1."
             )
         )
+    if folds is not None and method != "aum":
+        raise ValueError(
+            f"`folds={folds}` cross-fits AUM's margins; it is not available with method={method!r}. Use "
+            "method='aum' or leave `folds` unset."
+        )
+    if folds is not None and method_kwargs.get("calibration", "robust") != "robust":
+        raise ValueError("`folds=` combines calibrated margins: leave AUM's `calibration` at 'robust'.")
     if method == "aum" and method_kwargs.get("monitor") is not None:
         _check_aum_monitor(method_kwargs, validation)
         epochs = epochs or method_kwargs.get("max_window", 30)
@@ -127,6 +140,10 @@ def valuate(
     y_raw = as_label_vector(labels, len(x))
     classes, codes = np.unique(y_raw, return_inverse=True)
     check_rows(x, classes, codes)
+    if folds is not None:
+        from lightning_dv.methods.aum.crossfit import check_folds
+
+        check_folds(folds, len(x))
     if ids is not None and len(ids) != len(x):
         raise ValueError(f"`ids` has {len(ids)} entries but there are {len(x)} rows; give one id per row.")
     x_val = y_val = None
@@ -170,6 +187,21 @@ def valuate(
             )
             columns = {"predicted_label": classes[predicted]}
             meta["train_accuracy"] = float((predicted == codes).mean())
+            if folds is not None:
+                dv = _cross_fit(
+                    dv,
+                    x,
+                    codes,
+                    len(classes),
+                    folds,
+                    seed,
+                    batch_size,
+                    hidden,
+                    lr,
+                    progress,
+                    trainer_kwargs,
+                    method_kwargs,
+                )
         elif method == "complexity_gap":
             dv = _complexity_gap(x, codes, seed, progress, meta, method_kwargs)
             columns = {}
@@ -391,6 +423,28 @@ def _train(
     with torch.no_grad():
         predicted = model(xt.to(model.device)).argmax(1).cpu().numpy()
     return valuation.values, predicted
+
+
+def _cross_fit(
+    dv, x, codes, num_classes, folds, seed, batch_size, hidden, lr, progress, trainer_kwargs, kwargs
+):
+    """AUM's values combined with the held-out margins of ``folds`` fits of the same built-in model."""
+    from lightning_dv.methods.aum.crossfit import with_out_of_fold
+    from lightning_dv.modules import ValidatedMLPClassifier
+
+    return with_out_of_fold(
+        dv,
+        lambda: ValidatedMLPClassifier(x.shape[1], num_classes, hidden=hidden, lr=lr, valuate=False),
+        x,
+        codes,
+        folds=folds,
+        gate=kwargs.get("gate", 0.0),
+        gate_tolerance=kwargs.get("gate_tolerance", 0.1),
+        batch_size=batch_size,
+        seed=seed,
+        trainer_kwargs=trainer_kwargs,
+        progress=progress,
+    )
 
 
 def _complexity_gap(x, codes, seed, progress, meta, kwargs) -> DataValues:

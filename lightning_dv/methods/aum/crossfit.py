@@ -42,6 +42,7 @@ from typing_extensions import override
 
 from lightning_dv.methods.aum.objective import assigned_margin
 from lightning_dv.methods.calibration import GATE_TOLERANCE, _center_scale, calibrate
+from lightning_dv.values import DataValues
 
 #: Weight of the out-of-fold margin in the sum (chosen on the selection seeds among 0.25-2).
 OOF_WEIGHT = 0.5
@@ -65,7 +66,9 @@ def combine_margins(
     a = torch.as_tensor(in_training, dtype=torch.float64)
     o = torch.as_tensor(out_of_fold, dtype=torch.float64)
     if a.shape != o.shape:
-        raise ValueError(f"one margin per row in both: in_training {tuple(a.shape)}, out_of_fold {tuple(o.shape)}.")
+        raise ValueError(
+            f"one margin per row in both: in_training {tuple(a.shape)}, out_of_fold {tuple(o.shape)}."
+        )
     return calibrate(_unit(a) + weight * _unit(o), gate=gate, gate_tolerance=gate_tolerance)
 
 
@@ -117,9 +120,13 @@ def make_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
 def check_folds(folds: object, num_rows: int) -> int:
     """``folds`` as an int in ``[2, num_rows // 2]``, or an error naming the argument."""
     if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2:
-        raise ValueError(f"`folds` must be an integer >= 2 (5 is usual) or None (no cross-fit); got {folds!r}.")
+        raise ValueError(
+            f"`folds` must be an integer >= 2 (5 is usual) or None (no cross-fit); got {folds!r}."
+        )
     if folds > num_rows // 2:
-        raise ValueError(f"`folds={folds}` leaves fewer than 2 rows per fold with {num_rows} rows; use fewer folds.")
+        raise ValueError(
+            f"`folds={folds}` leaves fewer than 2 rows per fold with {num_rows} rows; use fewer folds."
+        )
     return int(folds)
 
 
@@ -172,21 +179,73 @@ def out_of_fold_margins(
         model = make_model()
         keep = _BestHeldOut(x[held], y[held])
         stop = EarlyStopping(monitor="val_loss", patience=patience, mode="min")
-        settings = {**quiet_trainer_settings(max_epochs=max_epochs, enable_progress_bar=progress), **(trainer_kwargs or {})}
+        settings = {
+            **quiet_trainer_settings(max_epochs=max_epochs, enable_progress_bar=progress),
+            **(trainer_kwargs or {}),
+        }
         train = torch.utils.data.Subset(IndexedDataset(TensorDataset(x, y)), train_rows.tolist())
         loader = DataLoader(
-            train, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed * 1000 + f)
+            train,
+            batch_size=batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(seed * 1000 + f),
         )
         with quiet_lightning(".*LeafSpec.*"):
             trainer = L.Trainer(callbacks=[keep, stop], **settings)
-            trainer.fit(model, loader, DataLoader(TensorDataset(x[held], y[held]), batch_size=max(batch_size, 256)))
+            trainer.fit(
+                model, loader, DataLoader(TensorDataset(x[held], y[held]), batch_size=max(batch_size, 256))
+            )
         out.margins[held] = keep.margins
         out.best_epochs.append(keep.best_epoch)
         out.epochs_run.append(int(trainer.current_epoch))
         out.trained_rows.append(train_rows)
         if progress:
-            print(f"out-of-fold {f + 1}/{folds}: best held-out loss at epoch {keep.best_epoch} of {trainer.current_epoch}")
+            print(
+                f"out-of-fold {f + 1}/{folds}: best held-out loss at epoch {keep.best_epoch} of {trainer.current_epoch}"
+            )
     return out
+
+
+def with_out_of_fold(
+    values: DataValues,
+    make_model: Callable[[], object],
+    features: np.ndarray,
+    labels: np.ndarray,
+    folds: int = 5,
+    weight: float = OOF_WEIGHT,
+    gate: float | None = 0.0,
+    gate_tolerance: float = GATE_TOLERANCE,
+    **fit_kwargs,
+) -> DataValues:
+    """AUM's ``values`` (with their ``aum_margin`` column) combined with out-of-fold margins.
+
+    Runs :func:`out_of_fold_margins` (``fit_kwargs``: ``max_epochs``, ``patience``, ``batch_size``,
+    ``seed``, ``trainer_kwargs``, ``progress``) and returns the values of :func:`combine_margins`,
+    one per row in row order, with the columns ``aum_margin``, ``aum_value`` (AUM alone),
+    ``oof_margin`` and ``oof_fold`` (the fold whose model, trained without the row, scored it).
+    """
+    if "aum_margin" not in values.columns:
+        raise ValueError(
+            "`values` must come from AUM (a DataValuation(AUM(...)) fit): no `aum_margin` column."
+        )
+    oof = out_of_fold_margins(make_model, features, labels, folds=folds, **fit_kwargs)
+    order = np.argsort(values.index)
+    if len(order) != len(oof.margins):
+        raise ValueError(
+            f"{len(order)} values but {len(oof.margins)} rows of features; give the rows AUM valued."
+        )
+    margin = torch.as_tensor(np.asarray(values.columns["aum_margin"])[order])
+    combined = combine_margins(margin, torch.as_tensor(oof.margins), weight, gate, gate_tolerance)
+    columns = {k: np.asarray(v)[order] for k, v in values.columns.items() if np.ndim(v) == 1}
+    columns.update(aum_value=np.asarray(values.values)[order], oof_margin=oof.margins, oof_fold=oof.fold)
+    meta = dict(
+        values.metadata,
+        folds=int(folds),
+        oof_weight=float(weight),
+        oof_best_epochs=oof.best_epochs,
+        oof_epochs_run=oof.epochs_run,
+    )
+    return DataValues(combined.numpy(), method=values.method, columns=columns, metadata=meta)
 
 
 class _BestHeldOut(Callback):
