@@ -19,7 +19,6 @@ EIGHT = ("digits", "breast_cancer", "wine", "iris", "gaussian", "classification"
 OUTSIDE = ("blobs", "circles", "hastie")
 
 
-
 def margins(z, y):
     """assigned-label margin of logits z (..., N, C)."""
     zy = np.take_along_axis(z, y[None, :, None].repeat(z.shape[0], 0), -1)[..., 0] if z.ndim == 3 else None
@@ -87,7 +86,9 @@ def candidates(r):
             zo_ = (o - np.median(o)) / so
             out[f"{aname}+oof_{oname}|z,aumgate"] = cal_allowed(za + zo_, ar < -0.1 * sa)
             out[f"{aname}+oof_{oname}|z,bothgate"] = cal_allowed(za + zo_, (ar < -0.1 * sa) & (o < -0.1 * so))
-            out[f"{aname}+oof_{oname}|z,eithergate"] = cal_allowed(za + zo_, (ar < -0.1 * sa) | (o < -0.1 * so))
+            out[f"{aname}+oof_{oname}|z,eithergate"] = cal_allowed(
+                za + zo_, (ar < -0.1 * sa) | (o < -0.1 * so)
+            )
     return out
 
 
@@ -103,11 +104,9 @@ if __name__ == "__main__":
             scores[(name, rate)][d].append((kmeans_f1(v, r["noisy"]), detection_auroc(v, r["noisy"])))
         best_epochs[(d, rate)] += list(r["best_epochs"].values())
 
-
     def col(name, rate, sets):
         per = [np.mean(scores[(name, rate)][d], 0) for d in sets if d in scores[(name, rate)]]
         return np.mean(per, 0) if per else (np.nan, np.nan)
-
 
     names = sorted({n for n, _ in scores}, key=lambda n: list(dict.fromkeys(n for n, _ in scores)).index(n))
     print(f"splits: {len(res)}")
@@ -125,12 +124,22 @@ if __name__ == "__main__":
     for (d, rate), v in sorted(best_epochs.items()):
         print(f"  {d} {rate}: {np.median(v):.0f} ({min(v)}-{max(v)})")
 
-    show = [n for n in sys.argv[0:0]] or ["aum", "aum_val", "oof_best", "oof_mean10", "aum+1oof_best", "aumval+1oof_best"]
+    show = [n for n in sys.argv[0:0]] or [
+        "aum",
+        "aum_val",
+        "oof_best",
+        "oof_mean10",
+        "aum+1oof_best",
+        "aumval+1oof_best",
+    ]
     print("\nper set F1 / AUROC (mean over seeds):")
     for rate in ("0.1", "0.2"):
         print(f"\nrate {rate}\n| set | " + " | ".join(show) + " |")
         print("|---" * (len(show) + 1) + "|")
         for d in EIGHT + OUTSIDE:
             if d in scores[("aum", rate)]:
-                print(f"| {d} | " + " | ".join(
-                    "{:.3f} / {:.3f}".format(*np.mean(scores[(n, rate)][d], 0)) for n in show) + " |")
+                print(
+                    f"| {d} | "
+                    + " | ".join("{:.3f} / {:.3f}".format(*np.mean(scores[(n, rate)][d], 0)) for n in show)
+                    + " |"
+                )

@@ -78,7 +78,9 @@ def col(n, rate, sets):
 print("| candidate | 10%: 8 sets | 10%: 3 outside | 20%: 8 sets | 20%: 3 outside |")
 print("|---|---|---|---|---|")
 for n in sc:
-    cells = ["{:.3f} / {:.3f}".format(*col(n, rate, sets)) for rate in ("0.1", "0.2") for sets in (EIGHT, OUTSIDE)]
+    cells = [
+        "{:.3f} / {:.3f}".format(*col(n, rate, sets)) for rate in ("0.1", "0.2") for sets in (EIGHT, OUTSIDE)
+    ]
     print(f"| {n} | " + " | ".join(cells) + " |")
 
 print("\nmean epochs per out-of-fold fit with patience 10 (max 60):")
@@ -94,8 +96,10 @@ for base, cand in pairs:
             df = np.array([sc[cand][rate][k][0] - sc[base][rate][k][0] for k in keys])
             da = np.array([sc[cand][rate][k][1] - sc[base][rate][k][1] for k in keys])
             se = lambda x: x.std(ddof=1) / np.sqrt(len(x))  # noqa: E731
-            print(f"  {cand} vs {base}, {rate} {name}: F1 {df.mean():+.4f} ({se(df):.4f}; {(df > 1e-9).sum()}/{(df < -1e-9).sum()}), "
-                  f"AUROC {da.mean():+.4f} ({se(da):.4f}; {(da > 1e-9).sum()}/{(da < -1e-9).sum()})")
+            print(
+                f"  {cand} vs {base}, {rate} {name}: F1 {df.mean():+.4f} ({se(df):.4f}; {(df > 1e-9).sum()}/{(df < -1e-9).sum()}), "
+                f"AUROC {da.mean():+.4f} ({se(da):.4f}; {(da > 1e-9).sum()}/{(da < -1e-9).sum()})"
+            )
 
 print("\nper set F1 / AUROC, mean over seeds:")
 show = ["aum", "aum+0.5oof_p10", "aum_val", "aumval+0.5oof_p10"]

@@ -93,38 +93,50 @@ def oof_logits(x, y, c, seed):
     return out, fold
 
 
-datasets, seeds, path = sys.argv[1].split(","), [int(s) for s in sys.argv[2].split(",")], sys.argv[3]
-AUM, res = project_class("aum"), {}
-for d in datasets:
-    for rate in (0.1, 0.2):
-        for seed in seeds:
-            t = time.time()
-            if d in ("circles", "blobs", "hastie"):
-                x, y = extra(d, seed)
-                split = make_split(d, noise=rate, seed=seed, x=x, y=y)
-            else:
-                split = make_split(d, noise=rate, seed=seed)
-            L.seed_everything(seed, verbose=False)
-            model = Rec(split.x_train.shape[1], split.num_classes, hidden=64)
-            model.n_rows = len(split.x_train)
-            with quiet_lightning():
-                val = DataValuation(AUM(monitor="val_loss"))
-                trainer = quiet_trainer(30, callbacks=[val])
-                trainer.fit(
-                    model,
-                    indexed_loader(split.x_train, split.y_train, seed=seed),
-                    indexed_loader(split.x_valid, split.y_valid, shuffle=False),
+if __name__ == "__main__":
+    datasets, seeds, path = sys.argv[1].split(","), [int(s) for s in sys.argv[2].split(",")], sys.argv[3]
+    AUM, res = project_class("aum"), {}
+    for d in datasets:
+        for rate in (0.1, 0.2):
+            for seed in seeds:
+                t = time.time()
+                if d in ("circles", "blobs", "hastie"):
+                    x, y = extra(d, seed)
+                    split = make_split(d, noise=rate, seed=seed, x=x, y=y)
+                else:
+                    split = make_split(d, noise=rate, seed=seed)
+                L.seed_everything(seed, verbose=False)
+                model = Rec(split.x_train.shape[1], split.num_classes, hidden=64)
+                model.n_rows = len(split.x_train)
+                with quiet_lightning():
+                    val = DataValuation(AUM(monitor="val_loss"))
+                    trainer = quiet_trainer(30, callbacks=[val])
+                    trainer.fit(
+                        model,
+                        indexed_loader(split.x_train, split.y_train, seed=seed),
+                        indexed_loader(split.x_valid, split.y_valid, shuffle=False),
+                    )
+                model.eval()
+                with torch.no_grad():
+                    acc = float(
+                        (model(torch.as_tensor(split.x_test)).argmax(1).numpy() == split.y_test).mean()
+                    )
+                t1 = time.time()
+                zo, fold = oof_logits(split.x_train, split.y_train, split.num_classes, seed)
+                res[f"{d}|{rate}|{seed}"] = dict(
+                    noisy=split.noisy,
+                    y=split.y_train,
+                    k=split.num_classes,
+                    m=np.stack(model.tr),
+                    aum_val=np.asarray(val.values.values, dtype=np.float64).copy(),
+                    window=float(val.values.columns["aum_window"][0]),
+                    acc30=acc,
+                    zo=zo,
+                    fold=fold,
+                    t_fit=t1 - t,
+                    t_oof=time.time() - t1,
                 )
-            model.eval()
-            with torch.no_grad():
-                acc = float((model(torch.as_tensor(split.x_test)).argmax(1).numpy() == split.y_test).mean())
-            t1 = time.time()
-            zo, fold = oof_logits(split.x_train, split.y_train, split.num_classes, seed)
-            res[f"{d}|{rate}|{seed}"] = dict(
-                noisy=split.noisy, y=split.y_train, k=split.num_classes, m=np.stack(model.tr),
-                aum_val=np.asarray(val.values.values, dtype=np.float64).copy(),
-                window=float(val.values.columns["aum_window"][0]), acc30=acc, zo=zo, fold=fold,
-                t_fit=t1 - t, t_oof=time.time() - t1,
-            )
-            pickle.dump(res, open(path, "wb"))
-            print(d, rate, seed, f"fit {t1 - t:.1f}s oof {time.time() - t1:.1f}s acc {acc:.3f}", flush=True)
+                pickle.dump(res, open(path, "wb"))
+                print(
+                    d, rate, seed, f"fit {t1 - t:.1f}s oof {time.time() - t1:.1f}s acc {acc:.3f}", flush=True
+                )
