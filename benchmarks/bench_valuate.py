@@ -31,7 +31,10 @@ def flagged_f1(flagged: np.ndarray, noisy: np.ndarray) -> float:
     return float(2 * (flagged & truth).sum() / max(flagged.sum() + truth.sum(), 1))
 
 
-def run(seeds, datasets=DATASETS, methods=tuple(METHODS), noise: float = 0.1) -> list[dict]:
+def run(
+    seeds, datasets=DATASETS, methods=tuple(METHODS), noise: float = 0.1, method_kwargs: dict | None = None
+) -> list[dict]:
+    """One row per (dataset, seed, method); ``method_kwargs`` go to every ``valuate`` call (e.g. ``folds=5``)."""
     rows = []
     for name in datasets:
         for seed in seeds:
@@ -39,7 +42,7 @@ def run(seeds, datasets=DATASETS, methods=tuple(METHODS), noise: float = 0.1) ->
             labels = np.array([f"class_{c}" for c in split.y_train])
             for method in methods:
                 start = time.perf_counter()
-                values = valuate(split.x_train, labels, method=method, seed=seed)
+                values = valuate(split.x_train, labels, method=method, seed=seed, **(method_kwargs or {}))
                 rows.append(
                     {
                         "dataset": name,
