@@ -8,11 +8,12 @@ import torch
 
 from benchmarks.bench_valuate import REPORTED_SEEDS, SELECTION_SEEDS, run
 
-torch.set_num_threads(1)
-for tag, seeds in (("selection", SELECTION_SEEDS), ("reported", REPORTED_SEEDS)):
-    rows = [dict(r, folds=0) for r in run(seeds, methods=("aum",))]
-    rows += [dict(r, folds=5) for r in run(seeds, methods=("aum",), method_kwargs={"folds": 5})]
-    df = pd.DataFrame(rows)
-    df.to_csv(f"benchmarks/results/s6_oof/valuate_folds_{tag}.csv", index=False)
-    print(tag, df.groupby("folds")[["flagged_f1", "auroc", "seconds"]].mean().round(3).to_string())
-    print(df.pivot_table(index="dataset", columns="folds", values="flagged_f1").round(3).to_string())
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    for tag, seeds in (("selection", SELECTION_SEEDS), ("reported", REPORTED_SEEDS)):
+        rows = [dict(r, folds=0) for r in run(seeds, methods=("aum",))]
+        rows += [dict(r, folds=5) for r in run(seeds, methods=("aum",), method_kwargs={"folds": 5})]
+        df = pd.DataFrame(rows)
+        df.to_csv(f"benchmarks/results/s6_oof/valuate_folds_{tag}.csv", index=False)
+        print(tag, df.groupby("folds")[["flagged_f1", "auroc", "seconds"]].mean().round(3).to_string())
+        print(df.pivot_table(index="dataset", columns="folds", values="flagged_f1").round(3).to_string())

@@ -17,10 +17,6 @@ from an import EIGHT, OUTSIDE, cal, ce, margins, scale  # noqa: E402
 
 from lightning_dv.metrics import detection_auroc, kmeans_f1  # noqa: E402
 
-res = {}
-for p in sys.argv[1:]:
-    res.update(pickle.load(open(p, "rb")))
-
 
 def stop_epoch(loss, patience):
     """index of the best epoch seen when early stopping with `patience` ends the fit."""
@@ -61,49 +57,59 @@ def cands(r):
     return out
 
 
-sc = defaultdict(lambda: defaultdict(dict))  # cand -> rate -> (set, seed) -> (f1, auroc)
-ep = defaultdict(list)
-for key, r in sorted(res.items()):
-    d, rate, seed = key.split("|")
-    for n, v in cands(r).items():
-        sc[n][rate][(d, seed)] = (kmeans_f1(v, r["noisy"]), detection_auroc(v, r["noisy"]))
-    ep[d].append(r["epochs_run_p10"])
-
-
 def col(n, rate, sets):
     per = [np.mean([v for (d, s), v in sc[n][rate].items() if d == ds], 0) for ds in sets]
     return np.mean(per, 0)
 
 
-print("| candidate | 10%: 8 sets | 10%: 3 outside | 20%: 8 sets | 20%: 3 outside |")
-print("|---|---|---|---|---|")
-for n in sc:
-    cells = [
-        "{:.3f} / {:.3f}".format(*col(n, rate, sets)) for rate in ("0.1", "0.2") for sets in (EIGHT, OUTSIDE)
-    ]
-    print(f"| {n} | " + " | ".join(cells) + " |")
+if __name__ == "__main__":
+    res = {}
+    for p in sys.argv[1:]:
+        res.update(pickle.load(open(p, "rb")))
 
-print("\nmean epochs per out-of-fold fit with patience 10 (max 60):")
-for d, v in ep.items():
-    print(f"  {d}: {np.mean(v):.1f}")
+    sc = defaultdict(lambda: defaultdict(dict))  # cand -> rate -> (set, seed) -> (f1, auroc)
+    ep = defaultdict(list)
+    for key, r in sorted(res.items()):
+        d, rate, seed = key.split("|")
+        for n, v in cands(r).items():
+            sc[n][rate][(d, seed)] = (kmeans_f1(v, r["noisy"]), detection_auroc(v, r["noisy"]))
+        ep[d].append(r["epochs_run_p10"])
 
-pairs = [("aum_val", "aumval+0.5oof_p10"), ("aum", "aum+0.5oof_p10"), ("aum_val", "aumval+0.5oof_all60")]
-print("\npaired differences (candidate - base) over runs: mean F1 (SE; runs better / worse), mean AUROC (SE)")
-for base, cand in pairs:
+    print("| candidate | 10%: 8 sets | 10%: 3 outside | 20%: 8 sets | 20%: 3 outside |")
+    print("|---|---|---|---|---|")
+    for n in sc:
+        cells = [
+            "{:.3f} / {:.3f}".format(*col(n, rate, sets))
+            for rate in ("0.1", "0.2")
+            for sets in (EIGHT, OUTSIDE)
+        ]
+        print(f"| {n} | " + " | ".join(cells) + " |")
+
+    print("\nmean epochs per out-of-fold fit with patience 10 (max 60):")
+    for d, v in ep.items():
+        print(f"  {d}: {np.mean(v):.1f}")
+
+    pairs = [("aum_val", "aumval+0.5oof_p10"), ("aum", "aum+0.5oof_p10"), ("aum_val", "aumval+0.5oof_all60")]
+    print(
+        "\npaired differences (candidate - base) over runs: mean F1 (SE; runs better / worse), mean AUROC (SE)"
+    )
+    for base, cand in pairs:
+        for rate in ("0.1", "0.2"):
+            for name, sets in (("8 sets", EIGHT), ("3 outside", OUTSIDE)):
+                keys = [k for k in sc[base][rate] if k[0] in sets]
+                df = np.array([sc[cand][rate][k][0] - sc[base][rate][k][0] for k in keys])
+                da = np.array([sc[cand][rate][k][1] - sc[base][rate][k][1] for k in keys])
+                se = lambda x: x.std(ddof=1) / np.sqrt(len(x))  # noqa: E731
+                print(
+                    f"  {cand} vs {base}, {rate} {name}: F1 {df.mean():+.4f} ({se(df):.4f}; {(df > 1e-9).sum()}/{(df < -1e-9).sum()}), "
+                    f"AUROC {da.mean():+.4f} ({se(da):.4f}; {(da > 1e-9).sum()}/{(da < -1e-9).sum()})"
+                )
+
+    print("\nper set F1 / AUROC, mean over seeds:")
+    show = ["aum", "aum+0.5oof_p10", "aum_val", "aumval+0.5oof_p10"]
     for rate in ("0.1", "0.2"):
-        for name, sets in (("8 sets", EIGHT), ("3 outside", OUTSIDE)):
-            keys = [k for k in sc[base][rate] if k[0] in sets]
-            df = np.array([sc[cand][rate][k][0] - sc[base][rate][k][0] for k in keys])
-            da = np.array([sc[cand][rate][k][1] - sc[base][rate][k][1] for k in keys])
-            se = lambda x: x.std(ddof=1) / np.sqrt(len(x))  # noqa: E731
+        print(f"\nrate {rate}\n| set | " + " | ".join(show) + " |\n" + "|---" * (len(show) + 1) + "|")
+        for d in EIGHT + OUTSIDE:
             print(
-                f"  {cand} vs {base}, {rate} {name}: F1 {df.mean():+.4f} ({se(df):.4f}; {(df > 1e-9).sum()}/{(df < -1e-9).sum()}), "
-                f"AUROC {da.mean():+.4f} ({se(da):.4f}; {(da > 1e-9).sum()}/{(da < -1e-9).sum()})"
+                f"| {d} | " + " | ".join("{:.3f} / {:.3f}".format(*col(n, rate, (d,))) for n in show) + " |"
             )
-
-print("\nper set F1 / AUROC, mean over seeds:")
-show = ["aum", "aum+0.5oof_p10", "aum_val", "aumval+0.5oof_p10"]
-for rate in ("0.1", "0.2"):
-    print(f"\nrate {rate}\n| set | " + " | ".join(show) + " |\n" + "|---" * (len(show) + 1) + "|")
-    for d in EIGHT + OUTSIDE:
-        print(f"| {d} | " + " | ".join("{:.3f} / {:.3f}".format(*col(n, rate, (d,))) for n in show) + " |")
