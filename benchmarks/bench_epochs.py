@@ -73,9 +73,9 @@ class SignalRecorder(Callback):
             prev = torch.zeros_like(total) if self._prev_total is None else self._prev_total
             self._add("margin", total - prev)
             self._prev_total = total
-        if hasattr(state, "stats"):  # NDDV: latest epoch's state x costate value and weight
-            self._add("nddv_value", state.stats.last[:, 0])
-            self._add("nddv_weight", state.stats.last[:, 1])
+        if hasattr(state, "stats"):  # NDDV: latest epoch's state x costate value, and the weights
+            self._add("nddv_value", state.raw_value)
+            self._add("nddv_weight", state.weight)  # softplus: the current weights (no per-epoch copy kept)
         if hasattr(state, "trajectory"):  # LossVal: this epoch's mean standardised descent, the weights
             total = state.trajectory.total.detach().clone()
             prev = torch.zeros_like(total) if self._prev_total is None else self._prev_total

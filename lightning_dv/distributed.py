@@ -108,6 +108,8 @@ def frozen_parameter(t: Tensor) -> nn.Parameter:
 
 #: Rows per all-reduce at an epoch end of :class:`RowStatistics` (3 MB of a width-2 statistic).
 REDUCE_ROWS = 1 << 18
+#: The per-row counters' narrow type, and the one they are promoted to before they could overflow.
+NARROW_COUNT, WIDE_COUNT = torch.uint8, torch.int32
 
 
 class RowStatistics(Float32Module):
@@ -124,8 +126,11 @@ class RowStatistics(Float32Module):
     so a row that ``DistributedSampler`` padding repeats (on any rank) counts once per epoch.
     ``update`` costs O(batch); ``reduce`` one all-reduce of ``(width + 1) N`` floats per epoch.
     The tensors are frozen parameters, not buffers: DDP re-broadcasts buffers from rank 0 before
-    every forward, which would overwrite each rank's partial epoch. State: ``4 (2 width + 2)``
-    bytes per row (``+ 4 width`` with ``keep_last``). Lightning writes checkpoints from rank
+    every forward, which would overwrite each rank's partial epoch. State: ``8 width + 2`` bytes
+    per row (``+ 4 width`` with ``keep_last``): the two counters (records of the row this epoch,
+    epochs seen) are ``uint8``, promoted to ``int32`` before an update or an epoch end could take
+    one past 255 (a checkpoint holding larger counts loads them as ``int32``; float32 counters of
+    older checkpoints load as they are, exactly). Lightning writes checkpoints from rank
     zero, so under DDP a mid-epoch checkpoint holds rank zero's partial epoch only: resume DDP
     runs from an epoch-end checkpoint (exact); a single process resumes exactly from either.
 
@@ -150,7 +155,7 @@ class RowStatistics(Float32Module):
         >>> early = RowStatistics(1, window=1)
         >>> for x in (1.0, 9.0): _ = early.update(torch.tensor([0]), torch.tensor([x])); _ = early.reduce()
         >>> early.mean().tolist(), early.epochs.tolist()  # frozen after its first epoch
-        ([1.0], [2.0])
+        ([1.0], [2])
     """
 
     def __init__(
@@ -164,10 +169,25 @@ class RowStatistics(Float32Module):
         self.num_rows, self.width, self.window = int(num_rows), int(width), window
         shape = (num_rows,) if width == 1 else (num_rows, width)
         self.sum = frozen_parameter(torch.zeros(shape))
-        self.count = frozen_parameter(torch.zeros(num_rows))
+        self.count = frozen_parameter(torch.zeros(num_rows, dtype=NARROW_COUNT))
         self.total = frozen_parameter(torch.zeros(shape))
-        self.epochs = frozen_parameter(torch.zeros(num_rows))
+        self.epochs = frozen_parameter(torch.zeros(num_rows, dtype=NARROW_COUNT))
         self.last = frozen_parameter(torch.zeros(shape)) if keep_last else None
+        self._epochs_bound = 0  # at least the largest entry of ``epochs``: one more per epoch end
+
+    def _widen(self, name: str) -> None:
+        """Promote the counter ``name`` to :data:`WIDE_COUNT` (its values unchanged)."""
+        setattr(self, name, frozen_parameter(getattr(self, name).detach().to(WIDE_COUNT)))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        for name in ("count", "epochs"):  # counters too large for the narrow type load wide
+            incoming = state_dict.get(prefix + name)
+            mine = getattr(self, name)
+            if incoming is not None and mine.dtype == NARROW_COUNT and incoming.numel():
+                if float(incoming.max()) > torch.iinfo(NARROW_COUNT).max:
+                    self._widen(name)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._epochs_bound = int(self.epochs.max()) if self.epochs.numel() else 0
 
     def update(self, rows: Tensor, values: Tensor, step: Tensor | None = None) -> Tensor:
         """Add one record per row; returns the mask of records whose row is new to this rank this epoch.
@@ -186,14 +206,23 @@ class RowStatistics(Float32Module):
         device = self.sum.device
         rows = rows.detach().reshape(-1).to(device, torch.long)
         values = values.detach().to(device, torch.float32).reshape(rows.shape[0], *self.sum.shape[1:])
-        new = self.count.index_select(0, rows) == 0
+        before = self.count.index_select(0, rows)
+        new = before == 0
+        narrow = self.count.dtype == NARROW_COUNT
+        limit = torch.iinfo(NARROW_COUNT).max
         if step is not None and rows.shape[0] > 1:
             step = step.to(device)
-            unique, inverse = torch.unique(rows, return_inverse=True)
+            unique, inverse, times = torch.unique(rows, return_inverse=True, return_counts=True)
             first = torch.full_like(unique, torch.iinfo(torch.int64).max).scatter_reduce_(
                 0, inverse, step, "amin"
             )
             new &= step == first.index_select(0, inverse)
+            if narrow and int(before.max()) + int(times.max()) > limit:
+                self._widen("count")
+        elif narrow and rows.shape[0] and int(before.max()) + rows.shape[0] > limit:
+            times = torch.unique(rows, return_counts=True)[1]  # exact: only when the bound is close
+            if int(before.max()) + int(times.max()) > limit:
+                self._widen("count")
         self.sum.index_add_(0, rows, values)
         self.count.index_add_(0, rows, torch.ones(rows.shape[0], dtype=self.count.dtype, device=device))
         return new
@@ -208,6 +237,9 @@ class RowStatistics(Float32Module):
         ``N`` bytes (the mask) and ``O(REDUCE_ROWS)`` to the peak.
         """
         width = 1 if self.sum.ndim == 1 else self.sum.shape[1]
+        if self.epochs.dtype == NARROW_COUNT and self._epochs_bound >= torch.iinfo(NARROW_COUNT).max:
+            self._widen("epochs")
+        self._epochs_bound += 1
         fresh = torch.empty(self.num_rows, dtype=torch.bool, device=self.sum.device)
         for lo in range(0, self.num_rows, REDUCE_ROWS):
             hi = min(lo + REDUCE_ROWS, self.num_rows)
@@ -219,7 +251,8 @@ class RowStatistics(Float32Module):
     def _reduce_rows(self, lo: int, hi: int, width: int) -> Tensor:
         """:meth:`reduce` of rows ``lo:hi``; returns their mask of rows seen."""
         packed = all_reduce_sum(
-            torch.cat([self.sum[lo:hi].reshape(hi - lo, width), self.count[lo:hi, None]], 1), inplace=True
+            torch.cat([self.sum[lo:hi].reshape(hi - lo, width), self.count[lo:hi, None].float()], 1),
+            inplace=True,
         )
         count = packed[:, -1]
         fresh = count > 0
@@ -242,8 +275,9 @@ class RowStatistics(Float32Module):
         ``column``: only that column of a ``width > 1`` statistic (``4 N`` bytes instead of ``4 width N``).
         """
         epochs = self.epochs.detach().clamp(min=1)
-        if self.window is not None:
-            epochs.clamp_(max=self.window)
+        if self.window is not None:  # (no clamp of a narrow counter beyond its type's range)
+            top = self.window if epochs.is_floating_point() else torch.iinfo(epochs.dtype).max
+            epochs.clamp_(max=min(self.window, top))
         total = self.total.detach()
         if column is not None and total.ndim == 2:
             return total[:, column] / epochs

@@ -441,7 +441,10 @@ def _step_by_step(state, records):
     for rows, logits, target, weight, terminal in records:
         probs = terminal_probabilities(logits)
         value = state_costate_value(probs, target, weight)
-        new = state.stats.update(rows, torch.stack([value, weight], dim=1))
+        record = (
+            value if state.stats.width == 1 else torch.stack([value, weight], dim=1)
+        )  # softplus: values only
+        new = state.stats.update(rows, record)
         state.field.update(probs, weight * new)
         state.dynamics_field("net").update(terminal, weight * new)
 

@@ -128,7 +128,11 @@ class SampleWeights(Float32Module):
             torch.tensor(int(self.dense), dtype=torch.uint8)
         )  # kept in checkpoints
         if self.dense:
-            raw, m, v = torch.full((num_samples,), float(raw0)), torch.zeros(num_samples), torch.zeros(num_samples)
+            raw, m, v = (
+                torch.full((num_samples,), float(raw0)),
+                torch.zeros(num_samples),
+                torch.zeros(num_samples),
+            )
             last = torch.zeros(num_samples, dtype=torch.int32)
         else:  # one 16-byte record per row: a row's state is one cache line, read with one gather
             raw, m, v, last = _packed_columns(torch.zeros((num_samples, 4)))
@@ -140,7 +144,9 @@ class SampleWeights(Float32Module):
         self.step = frozen_parameter(torch.zeros((), dtype=torch.int64))
         self._register_state_dict_hook(_contiguous_last_step)
         # per read: (rows, leaf) and, on the host path, the rows, values and records read as NumPy arrays
-        self._pending: list[tuple[Tensor, Tensor, np.ndarray | None, np.ndarray | None, np.ndarray | None]] = []
+        self._pending: list[
+            tuple[Tensor, Tensor, np.ndarray | None, np.ndarray | None, np.ndarray | None]
+        ] = []
         self._now: int | None = None  # host copy of ``step``: no device sync per step
         self._views: tuple[np.ndarray, ...] | None = None
         self._host = True
@@ -202,7 +208,9 @@ class SampleWeights(Float32Module):
         state = super().__getstate__()
         state["_views"] = None
         params = state["_parameters"] = dict(state["_parameters"])  # torch.save refuses int32 and
-        params["last_step"] = frozen_parameter(self.last_step.detach().clone())  # float32 views of one storage
+        params["last_step"] = frozen_parameter(
+            self.last_step.detach().clone()
+        )  # float32 views of one storage
         return state
 
     def _apply(self, fn, recurse: bool = True):  # type: ignore[override]

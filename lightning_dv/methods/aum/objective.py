@@ -113,7 +113,7 @@ class AUMState(ValuationState):
             >>> for rows in ([0, 1], [1, 2]):
             ...     state.record(torch.tensor(rows), torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0]))
             >>> state.margin.count.tolist()  # the first step is applied at once, the second is held
-            [1.0, 1.0, 0.0]
+            [1, 1, 0]
             >>> state.flush(); state.margin.sum.tolist()
             [2.0, 1.0, -1.0]
         """
@@ -265,7 +265,7 @@ class AUM(ValuationObjective):
     def extra_columns(self, state: nn.Module) -> dict[str, Tensor]:
         cols = {
             "aum_margin": self._mean_seen(state)[0].clone(),
-            "aum_epochs_seen": state.margin.epochs.detach().clone(),
+            "aum_epochs_seen": state.margin.epochs.detach().float(),  # float32, as exported before
         }
         if self.monitor is not None:
             cols["aum_window"] = torch.full_like(cols["aum_margin"], float(state.best[1]))

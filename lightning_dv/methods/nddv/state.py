@@ -12,8 +12,14 @@ from lightning_dv.methods.nddv.formulas import state_costate_value, terminal_pro
 from lightning_dv.methods.nddv.meta import WeightNet
 from lightning_dv.methods.weights import SampleWeights
 
-#: Columns of NDDV's per-row statistics.
+#: Columns of NDDV's per-row statistics (the weight column only with ``weighting="meta"``).
 VALUE, WEIGHT = 0, 1
+#: The per-row statistics' keys, each with a weight column in checkpoints written before session 6.
+_STAT_KEYS = ("stats.sum", "stats.total", "stats.last")
+
+
+def _column(t: Tensor, column: int) -> Tensor:
+    return t if t.ndim == 1 else t[:, column]
 
 
 class WeightedMean(nn.Module):
@@ -63,8 +69,11 @@ class WeightedMean(nn.Module):
 class NDDVState(ValuationState):
     """The weights (softplus) or weight network (meta), the per-row statistics and the mean field.
 
-    ``stats`` holds per row the value and weight of each epoch (a padded duplicate counts once),
-    their running total and the latest epoch's; ``field`` the epoch's weighted sum of terminal
+    ``stats`` holds per row the value of each epoch (a padded duplicate counts once), its running
+    total and the latest epoch's, and with the weight network the weight it gave the row (the
+    softplus weights are read from ``weights``: nothing reads their per-epoch record, so it is
+    not kept; 4 (value) + 1 (count) + 4 (total) + 1 (epochs) + 4 (latest) bytes per row, with the
+    weights' 16); ``field`` the epoch's weighted sum of terminal
     states; ``dynamics`` one such sum per ControlledDynamicsNet of the model. Everything but the
     softplus weights is a frozen parameter: DDP leaves it alone and checkpoints carry it,
     partial epoch included.
@@ -79,9 +88,11 @@ class NDDVState(ValuationState):
         if self.weight_net is not None:
             for p in self.weight_net.parameters():
                 p.requires_grad_(False)  # trained by the objective's own meta step, invisible to DDP
-        self.stats = RowStatistics(num_rows, width=2, keep_last=True, window=window)
-        with torch.no_grad():
-            self.stats.last[:, WEIGHT] = 1.0  # weight of a row never seen
+        width = 1 if weighting == "softplus" else 2
+        self.stats = RowStatistics(num_rows, width=width, keep_last=True, window=window)
+        if width == 2:
+            with torch.no_grad():
+                self.stats.last[:, WEIGHT] = 1.0  # weight of a row never seen
         self.mean_field = frozen_parameter(torch.zeros(0))  # (K,) once the number of classes is known
         self.field = WeightedMean()
         self.dynamics = nn.ModuleDict()
@@ -108,9 +119,9 @@ class NDDVState(ValuationState):
             >>> for rows in ([0, 1], [1, 2], [3, 0]):
             ...     state.record(torch.tensor(rows), torch.zeros(2, 3), torch.tensor([0, 2]), torch.ones(2), {})
             >>> state.stats.count.tolist()  # the first step is applied at once, the others are held
-            [1.0, 1.0, 0.0, 0.0]
+            [1, 1, 0, 0]
             >>> state.flush(); state.stats.count.tolist()
-            [2.0, 2.0, 1.0, 1.0]
+            [2, 2, 1, 1]
         """
         key = (tuple(dynamics), target.ndim, outputs.shape[1:])
         if key != self._pending_key:
@@ -131,7 +142,8 @@ class NDDVState(ValuationState):
             target = target.long()
             check_class_labels(target, probs.shape[1])
         value = state_costate_value(probs, target, weight)
-        new = self.stats.update(rows, torch.stack([value, weight], dim=1), step=step)
+        record = value if self.stats.width == 1 else torch.stack([value, weight], dim=1)
+        new = self.stats.update(rows, record, step=step)
         first = weight * new  # weight 0 for a row's later records in the epoch
         self.field.update(probs, first)
         for name, terminal in zip(self._pending_key[0], terminals):
@@ -141,11 +153,13 @@ class NDDVState(ValuationState):
     @property
     def raw_value(self) -> Tensor:
         """Latest epoch's state x costate value per row."""
-        return self.stats.last[:, VALUE]
+        return _column(self.stats.last, VALUE)
 
     @property
     def weight(self) -> Tensor:
-        """Latest epoch's weight per row (1 for rows never seen)."""
+        """Latest epoch's weight per row (1 for rows never seen); with softplus weights, the current ones."""
+        if self.weights is not None:
+            return self.weights.all()
         return self.stats.last[:, WEIGHT]
 
     @property
@@ -156,7 +170,7 @@ class NDDVState(ValuationState):
     @property
     def value_sum(self) -> Tensor:
         """Sum over epochs (the first ``window``) of the state x costate value per row."""
-        return self.stats.total[:, VALUE]
+        return _column(self.stats.total, VALUE)
 
     @property
     def value_mean(self) -> Tensor:
@@ -171,6 +185,13 @@ class NDDVState(ValuationState):
         return self.dynamics[key]
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        if (
+            self.stats.width == 1
+        ):  # a checkpoint with the softplus weights' per-epoch column (before session 6)
+            for key in _STAT_KEYS:
+                incoming = state_dict.get(prefix + key)
+                if incoming is not None and incoming.ndim == 2:
+                    state_dict[prefix + key] = incoming[:, VALUE]
         # Sized lazily (K, and the ControlledDynamicsNet modules, are known at the first step).
         incoming = state_dict.get(prefix + "mean_field")
         if incoming is not None and incoming.shape != self.mean_field.shape:
