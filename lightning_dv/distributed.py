@@ -262,8 +262,12 @@ class RowStatistics(Float32Module):
         if self.last is not None:
             # exact: last * 1 + 0 for rows not seen, 0 + mean otherwise
             self.last[lo:hi].mul_(keep).add_(mean)
-        if self.window is not None:
-            open_ = self.epochs[lo:hi] < self.window
+        epochs = self.epochs[lo:hi]
+        # (a narrow counter is below a window beyond its range: a comparison with it would wrap)
+        if self.window is not None and (
+            epochs.is_floating_point() or self.window <= torch.iinfo(epochs.dtype).max
+        ):
+            open_ = epochs < self.window
             mean.mul_(open_ if self.sum.ndim == 1 else open_[:, None])
         self.total[lo:hi].add_(mean)
         self.epochs[lo:hi].add_(fresh)

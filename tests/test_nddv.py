@@ -485,3 +485,43 @@ def test_held_labels_out_of_range_fail_when_applied():
     state.record(torch.tensor([2, 3]), probs, torch.tensor([5, 1]), torch.ones(2), {})  # held
     with pytest.raises(ValueError, match=r"got \[0, 5\]"):
         state.flush()
+
+
+def test_a_checkpoint_of_mains_layout_loads_and_resumes_bit_for_bit():
+    # tests/data/state_main_5c1bc3b.pt: NDDV's, AUM's and row-sparse weights' state written mid-epoch
+    # by main at 5c1bc3b (float32 counters, a per-epoch weight column, four weight vectors), with
+    # the values main computed then and after replaying the epoch's rest (tests/scripts/state_layout.py).
+    import importlib.util
+
+    from lightning_dv.methods.weights import SampleWeights
+
+    path = Path(__file__).parent / "scripts" / "state_layout.py"
+    spec = importlib.util.spec_from_file_location("state_layout", path)
+    layout = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(layout)
+    saved = torch.load(Path(__file__).parent / "data" / "state_main_5c1bc3b.pt")
+    assert (
+        saved["nddv"]["stats.sum"].shape == (layout.ROWS, 2)
+        and saved["aum"]["margin.count"].is_floating_point()
+    )
+    nddv, aum = layout.NDDV(window=2), layout.AUM(window=2)
+    state, margins = nddv.build(layout.ROWS), aum.build(layout.ROWS)
+    state.load_state_dict(saved["nddv"])
+    margins.load_state_dict(saved["aum"])
+    weights = SampleWeights(300, constraint="softplus", dense_below=0)
+    weights.load_state_dict(saved["weights"])
+    assert state.stats.sum.shape == (layout.ROWS,) and state.stats.count.dtype == torch.uint8
+
+    def same(got, expected):
+        for key, value in expected.items():
+            if isinstance(value, dict):
+                same(got[key], value)
+            else:
+                assert got[key].dtype == value.dtype and torch.equal(got[key], value), key
+
+    same(layout.results(nddv, state, aum, margins, weights), saved["mid"])
+    data = layout.records()
+    layout.HALF[:] = []  # the replayed rest ends the epoch
+    layout.play(nddv, state, aum, margins, [(2, data[-1][layout.STEPS // 2 :])])
+    layout.sparse_steps(weights, 20, seed=2)
+    same(layout.results(nddv, state, aum, margins, weights), saved["end"])

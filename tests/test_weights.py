@@ -241,3 +241,40 @@ def test_host_views_follow_the_module_through_copies_loads_and_moves():
     torch.testing.assert_close(loaded.current_raw(rows), twin.current_raw(rows), rtol=0, atol=0)
     moved = twin.to(torch.device("cpu"), torch.float64)  # a dtype change is refused: same storage
     assert moved.raw.dtype == torch.float32 and moved._host_views() is not None
+
+
+def test_row_sparse_state_is_one_record_per_row_and_saves_as_four_vectors():
+    """Row-sparse mode keeps ``[raw, exp_avg, exp_avg_sq, last_step]`` of a row in one 16-byte record;
+    ``state_dict`` (and ``torch.save``) still gives main's four vectors, and a copy, a device move or an
+    ``assign=True`` load is packed again before the next host step, with the same results."""
+    import copy
+    import io
+
+    n, batches = 400, batches_with_gaps(400, 40, 8, seed=5)
+    grad_fn.calls = 0
+    w, _ = sparse_run(n, batches[:20], grad_fn)
+    assert w._packed() and w.raw.stride() == (4,) and w.last_step.dtype == torch.int32
+    buf = io.BytesIO()
+    torch.save(w.state_dict(), buf)
+    buf.seek(0)
+    saved = torch.load(buf)
+    assert {k: (v.shape, v.dtype) for k, v in saved.items()} == {
+        "dense_mode": ((), torch.uint8), "raw": ((n,), torch.float32), "exp_avg": ((n,), torch.float32),
+        "exp_avg_sq": ((n,), torch.float32), "last_step": ((n,), torch.int32), "step": ((), torch.int64),
+    }  # fmt: skip
+    buf = io.BytesIO()
+    torch.save(w, buf)  # the module itself pickles too
+    twins = [copy.deepcopy(w), SampleWeights(n, lr=0.05, dense_below=0)]
+    twins[1].load_state_dict({k: v.clone() for k, v in saved.items()}, assign=True)
+    w.to(torch.device("cpu"), torch.float64)  # the dtype change is refused: fresh float32 tensors
+    assert not any(t._packed() for t in (*twins, w))
+    grad_fn.calls = 20
+    for rows in batches[20:]:
+        calls = grad_fn.calls
+        for twin in (*twins, w):
+            grad_fn.calls = calls
+            grad_fn(rows, twin(rows)).backward()
+            step_row_weights(twin)
+    assert all(t._packed() for t in (*twins, w))
+    for twin in twins:
+        torch.testing.assert_close(twin.all(), w.all(), rtol=0, atol=0)
