@@ -67,16 +67,14 @@ class HostRowAdam:
 
     Example:
         >>> adam = HostRowAdam(0.1, (0.9, 0.999), 1e-8, window=176)
-        >>> state = np.zeros((3, 4), np.float32)  # per row: raw, exp_avg, exp_avg_sq, last step (int32 bits)
-        >>> state[:, 0] = 1.0
+        >>> raw, m, v = np.ones(3, np.float32), np.zeros(3, np.float32), np.zeros(3, np.float32)
+        >>> last = np.zeros(3, np.int32)
         >>> rows = np.array([1])
-        >>> before, rec = adam.read(state, rows, now=0)
-        >>> adam.step(state, rows, np.array([1.0], np.float32), before, now=1, rec=rec)
-        >>> [round(float(x), 4) for x in adam.read(state, rows, now=1)[0]]
+        >>> adam.step(raw, m, v, last, rows, np.array([1.0], np.float32), raw[rows], now=1)
+        >>> [round(float(x), 4) for x in adam.read(raw, m, v, last, rows, now=1)]
         [0.9]
-        >>> m, v, last = state[rows, 1], state[rows, 2], state.view(np.int32)[rows, 3]
-        >>> exact = adam.tail(m, v, last, np.array([5]), now=6)
-        >>> bool(np.isclose(adam.remaining(m, v, last, np.array([5]), now=6), exact, rtol=1e-12))
+        >>> exact = adam.tail(m[rows], v[rows], last[rows], np.array([5]), now=6)
+        >>> bool(np.isclose(adam.remaining(m[rows], v[rows], last[rows], np.array([5]), now=6), exact, rtol=1e-12))
         True
     """
 
@@ -201,25 +199,28 @@ class HostRowAdam:
         return out
 
     def read(
-        self, state: np.ndarray, rows: np.ndarray, now: int, min_value: float | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """The raw values of ``rows`` as dense Adam holds them after ``now`` steps (float32, a new array),
-        and the rows' gathered records (``(rows, 4)``: pass them to :meth:`step` of the same rows).
+        self,
+        raw: np.ndarray,
+        exp_avg: np.ndarray,
+        exp_avg_sq: np.ndarray,
+        last_step: np.ndarray,
+        rows: np.ndarray,
+        now: int,
+        min_value: float | None = None,
+    ) -> np.ndarray:
+        """The raw values of ``rows`` as dense Adam holds them after ``now`` steps (float32, a new array).
 
-        ``state``: the packed per-row records ``[raw, exp_avg, exp_avg_sq, last step]`` (float32, the
-        last column holding int32 bits), so a row is one gather (one cache line) instead of four.
         The stored value plus the tail not yet due, for rows touched in the last ``K`` steps only
         (one ``max`` decides whether any is); ``min_value``: clamped (``"clamp"``).
         """
-        rec = state[rows]
-        out = rec[:, 0].copy()
-        last = rec.view(np.int32)[:, 3]
+        out = raw[rows]
+        last = last_step[rows]
         if rows.size and last.max() > max(now - self.window, 0):  # a touched row's tail is still open
-            tail = self.remaining(rec[:, 1], rec[:, 2], last, now - last, now)
+            tail = self.remaining(exp_avg[rows], exp_avg_sq[rows], last, now - last, now)
             out += tail.astype(np.float32)  # rounded as SampleWeights.all() adds it: the same bits
         if min_value is not None:
             np.maximum(out, np.float32(min_value), out=out)
-        return out, rec
+        return out
 
     def _step_scalars(self, now: int) -> tuple:
         """Per-step numbers: ``sqrt(1 - b2^now)``, ``lr / (1 - b1^now)`` (float32), ``lr G_j(now, 0)``, and
@@ -244,40 +245,35 @@ class HostRowAdam:
 
     def step(
         self,
-        state: np.ndarray,
+        raw: np.ndarray,
+        exp_avg: np.ndarray,
+        exp_avg_sq: np.ndarray,
+        last_step: np.ndarray,
         rows: np.ndarray,
         grads: np.ndarray,
         before: np.ndarray,
         now: int,
         min_value: float | None = None,
-        rec: np.ndarray | None = None,
     ) -> None:
         """Step ``now`` of distinct ``rows`` with gradients ``grads`` (every other row has zero), in place.
 
-        ``state``: the packed records (see :meth:`read`); ``before``: the rows' current raw values;
-        ``min_value``: clamp the result (``"clamp"``); ``rec``: the rows' records as :meth:`read`
-        gathered them (unchanged since). Each updated row keeps its whole future tail applied to
-        the stored value; the rows' new records are written with one scatter.
+        ``before``: the rows' current raw values; ``min_value``: clamp the result (``"clamp"``).
+        ``raw`` keeps each updated row with its whole future tail applied.
         """
         b1, b2 = self.betas
         c2, step_size, g0, g1, g2, a, c = self._step_scalars(now)
-        if rec is None:
-            rec = state[rows]
-        new = np.empty_like(rec)
-        gap = now - rec.view(np.int32)[:, 3]  # zero-gradient steps since the last touch decay the moments
+        gap = now - last_step[rows]  # zero-gradient steps since the last touch decay the moments
         g = grads.astype(np.float64)
         m = np.power(b1, gap)
-        m *= rec[:, 1]
+        m *= exp_avg[rows]
         m += (1 - b1) * g
-        new[:, 1] = m
-        m = new[:, 1]
+        m = m.astype(np.float32)
         v = np.power(b2, gap)
-        v *= rec[:, 2]
+        v *= exp_avg_sq[rows]
         g *= g
         g *= 1 - b2
         v += g
-        new[:, 2] = v
-        v = new[:, 2]
+        v = v.astype(np.float32)
         denom = np.sqrt(v)
         denom /= c2
         denom += np.float32(self.eps)
@@ -291,7 +287,8 @@ class HostRowAdam:
             den = np.multiply.outer(np.sqrt(v[exact], dtype=np.float64), c)
             den += self.eps
             whole[exact] = (self.lr * m[exact].astype(np.float64)) * np.divide(a, den, out=den).sum(axis=1)
+        exp_avg[rows] = m
+        exp_avg_sq[rows] = v
+        last_step[rows] = now
         np.subtract(after, whole, out=whole)
-        new[:, 0] = whole
-        new.view(np.int32)[:, 3] = now
-        state[rows] = new
+        raw[rows] = whole

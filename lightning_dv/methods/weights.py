@@ -127,26 +127,13 @@ class SampleWeights(Float32Module):
         self.dense_mode = frozen_parameter(
             torch.tensor(int(self.dense), dtype=torch.uint8)
         )  # kept in checkpoints
-        if self.dense:
-            raw, m, v = (
-                torch.full((num_samples,), float(raw0)),
-                torch.zeros(num_samples),
-                torch.zeros(num_samples),
-            )
-            last = torch.zeros(num_samples, dtype=torch.int32)
-        else:  # one 16-byte record per row: a row's state is one cache line, read with one gather
-            raw, m, v, last = _packed_columns(torch.zeros((num_samples, 4)))
-            raw.fill_(float(raw0))
-        self.raw = frozen_parameter(raw)
-        self.exp_avg = frozen_parameter(m)
-        self.exp_avg_sq = frozen_parameter(v)
-        self.last_step = frozen_parameter(last)
+        self.raw = frozen_parameter(torch.full((num_samples,), float(raw0), dtype=torch.float32))
+        self.exp_avg = frozen_parameter(torch.zeros(num_samples))
+        self.exp_avg_sq = frozen_parameter(torch.zeros(num_samples))
+        self.last_step = frozen_parameter(torch.zeros(num_samples, dtype=torch.int32))
         self.step = frozen_parameter(torch.zeros((), dtype=torch.int64))
-        self._register_state_dict_hook(_contiguous_last_step)
-        # per read: (rows, leaf) and, on the host path, the rows, values and records read as NumPy arrays
-        self._pending: list[
-            tuple[Tensor, Tensor, np.ndarray | None, np.ndarray | None, np.ndarray | None]
-        ] = []
+        # per read: (rows, leaf) and, on the host path, the rows and values read as NumPy arrays
+        self._pending: list[tuple[Tensor, Tensor, np.ndarray | None, np.ndarray | None]] = []
         self._now: int | None = None  # host copy of ``step``: no device sync per step
         self._views: tuple[np.ndarray, ...] | None = None
         self._host = True
@@ -162,55 +149,24 @@ class SampleWeights(Float32Module):
         self._host = bool(value)
         self._views = None
 
-    def _host_views(self) -> tuple[np.ndarray, np.ndarray, int] | None:
-        """Zero-copy NumPy views ``(records, step, raw's address)`` of CPU tensors (None: not on host).
+    def _host_views(self) -> tuple[np.ndarray, ...] | None:
+        """Zero-copy NumPy views ``(raw, exp_avg, exp_avg_sq, last_step, step)`` of CPU tensors (None: not on host).
 
-        ``records`` is the ``(N, 4)`` float32 block ``[raw, exp_avg, exp_avg_sq, last_step]`` the four
-        parameters are column views of (its last column holds ``last_step``'s int32 bits); tensors
-        that are not laid out so (after a device move, a ``load_state_dict(..., assign=True)``, a
-        copy) are first packed again. Made once and kept while ``raw`` keeps its storage: per step
-        no ``Tensor.numpy()`` call.
+        Made once and kept while ``raw`` keeps its storage (a device move, a ``load_state_dict(...,
+        assign=True)`` or a copy of the module makes new ones): per step no ``Tensor.numpy()`` call.
         """
         views = self.__dict__.get("_views")
-        if views is not None and views[2] == self.raw.data_ptr():
+        if views is not None and views[5] == self.raw.data_ptr():
             return views
         if not (self.host and self.raw.device.type == "cpu"):
             return None
-        if not self._packed():
-            self._relayout()
-        n = self.num_samples
-        records = torch.as_strided(self.raw.detach(), (n, 4), (4, 1)).numpy()
-        self._views = (records, self.step.detach().numpy(), self.raw.data_ptr())
+        tensors = (self.raw, self.exp_avg, self.exp_avg_sq, self.last_step, self.step)
+        self._views = (*(t.detach().numpy() for t in tensors), self.raw.data_ptr())
         return self._views
-
-    def _packed(self) -> bool:
-        """Whether ``raw, exp_avg, exp_avg_sq, last_step`` are the columns of one ``(N, 4)`` block."""
-        base = self.raw.data_ptr()
-        columns = (self.raw, self.exp_avg, self.exp_avg_sq, self.last_step)
-        return all(t.stride() == (4,) and t.data_ptr() == base + 4 * k for k, t in enumerate(columns))
-
-    @torch.no_grad()
-    def _relayout(self) -> None:
-        """Row-sparse mode: pack the four per-row tensors into one ``(N, 4)`` block (in place of the
-        parameters' data); dense mode: four contiguous vectors (the dense step's layout)."""
-        columns = (self.raw, self.exp_avg, self.exp_avg_sq, self.last_step)
-        if self.dense:
-            new = [t.detach().contiguous() for t in columns]
-        else:
-            new = _packed_columns(torch.empty((self.num_samples, 4), device=self.raw.device))
-            for dst, src in zip(new, columns):
-                dst.copy_(src.detach())
-        for param, data in zip(columns, new):
-            param.data = data
-        self._views = None
 
     def __getstate__(self):  # views of this module's storage must not travel with a copy
         state = super().__getstate__()
         state["_views"] = None
-        params = state["_parameters"] = dict(state["_parameters"])  # torch.save refuses int32 and
-        params["last_step"] = frozen_parameter(
-            self.last_step.detach().clone()
-        )  # float32 views of one storage
         return state
 
     def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
@@ -294,9 +250,9 @@ class SampleWeights(Float32Module):
 
     def _host_raw(self, rows: np.ndarray) -> np.ndarray:
         """:meth:`current_raw` on host arrays (row-sparse mode, CPU tensors): a new float32 array."""
-        records = self._host_views()[0]
+        raw, m, v, last, _, _ = self._host_views()
         clamp = self.min_value if self.constraint == "clamp" else None
-        return self._host_adam.read(records, rows, self._steps_done(), clamp)[0]
+        return self._host_adam.read(raw, m, v, last, rows, self._steps_done(), clamp)
 
     @torch.no_grad()
     def current_raw(self, rows: Tensor) -> Tensor:
@@ -326,14 +282,14 @@ class SampleWeights(Float32Module):
         if views is not None:  # keep the NumPy rows and values for the step
             rows_np = rows.numpy()
             clamp = self.min_value if self.constraint == "clamp" else None
-            read, rec = self._host_adam.read(views[0], rows_np, self._steps_done(), clamp)
+            read = self._host_adam.read(*views[:4], rows_np, self._steps_done(), clamp)
             raw = torch.from_numpy(read)
         else:
-            rows_np = read = rec = None
+            rows_np = read = None
             raw = self.current_raw(rows)
         if torch.is_grad_enabled():
             raw.requires_grad_(True)
-            self._pending.append((rows, raw, rows_np, read, rec))
+            self._pending.append((rows, raw, rows_np, read))
         return self.transform(raw)
 
     @torch.no_grad()
@@ -393,8 +349,6 @@ class SampleWeights(Float32Module):
         self._host_adam.reset()
         # The two modes store ``raw`` differently (dense: the weight; sparse: with its tail applied).
         self.dense = bool(self.dense_mode)
-        if self.dense and not self.raw.is_contiguous():  # a dense checkpoint loaded into packed records
-            self._relayout()
 
     @torch.no_grad()
     def adam_step(self, rows: Tensor, grads: Tensor, before: Tensor | None = None) -> None:
@@ -437,10 +391,9 @@ class SampleWeights(Float32Module):
         self._pending.clear()
         now = self._steps_done() + 1
         if len(pending) == 1 and pending[0][2] is not None:  # the usual case: one host read per step
-            _, leaf, rows, before, rec = pending[0]
+            _, leaf, rows, before = pending[0]
             grads = np.zeros(rows.shape[0], np.float32) if leaf.grad is None else leaf.grad.numpy()
-            merged = merge_rows(rows, grads, before)
-            self._host_step(*merged, now, rec if merged[0] is rows else None)  # distinct: the records read
+            self._host_step(*merge_rows(rows, grads, before), now)
             return True
         if not pending:
             empty = np.zeros(0, np.float32)
@@ -452,21 +405,18 @@ class SampleWeights(Float32Module):
                 np.zeros(r.shape[0], np.float32) if x.grad is None else x.grad.numpy(),
                 x.detach().numpy() if read is None else read,
             )
-            for r, x, r_np, read, _ in pending
+            for r, x, r_np, read in pending
         ]
         rows, grads, before = (np.concatenate(c) for c in zip(*parts)) if len(parts) > 1 else parts[0]
         self._host_step(*merge_rows(rows, grads, before), now)
         return True
 
-    def _host_step(
-        self, rows: np.ndarray, grads: np.ndarray, before: np.ndarray, now: int, rec: np.ndarray | None = None
-    ) -> None:
-        """One row-sparse step of distinct ``rows`` on NumPy views of the CPU tensors (``rec``: their
-        records as the read gathered them)."""
-        records, step, _ = self._host_views()
+    def _host_step(self, rows: np.ndarray, grads: np.ndarray, before: np.ndarray, now: int) -> None:
+        """One row-sparse step of distinct ``rows`` on NumPy views of the CPU tensors."""
+        raw, m, v, last, step, _ = self._host_views()
         self._host_adam.step(
-            records, rows, grads.astype(np.float32, copy=False), before.astype(np.float32, copy=False),
-            now, self.min_value if self.constraint == "clamp" else None, rec,
+            raw, m, v, last, rows, grads.astype(np.float32, copy=False), before.astype(np.float32, copy=False),
+            now, self.min_value if self.constraint == "clamp" else None,
         )  # fmt: skip
         step[()] = now
         self.__dict__["_now"] = now  # not through nn.Module.__setattr__ (its checks cost more than the step)
@@ -497,19 +447,6 @@ class SampleWeights(Float32Module):
 
     def project_(self) -> None:
         """Kept for objectives that call it: ``"clamp"`` is already applied by every read."""
-
-
-def _packed_columns(block: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Column views ``raw, exp_avg, exp_avg_sq`` (float32) and ``last_step`` (int32) of an ``(N, 4)`` block."""
-    return block[:, 0], block[:, 1], block[:, 2], block.view(torch.int32)[:, 3]
-
-
-def _contiguous_last_step(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
-    """State-dict hook: ``last_step`` as its own int32 tensor (``torch.save`` refuses int32 and float32
-    views of one storage); the other keys stay views. Keys, shapes and dtypes are those of four vectors."""
-    key = prefix + "last_step"
-    if key in state_dict and not state_dict[key].is_contiguous():
-        state_dict[key] = state_dict[key].detach().clone()
 
 
 def merge_row_gradients(rows: Tensor, pairs: Tensor, world_size: int = 1) -> tuple[Tensor, Tensor, Tensor]:
