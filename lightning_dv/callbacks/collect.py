@@ -136,7 +136,9 @@ def collect_training_rows(
 class RowLabels:
     """The integer class label of every training row, recorded from the steps' ``targets`` during fit.
 
-    Rows not seen yet hold ``-1``. Each step's labels are held and written with one scatter every
+    Rows not seen yet hold ``-1``. Labels are kept as ``int16`` (2 bytes per row), as ``int32`` once
+    a flush meets one outside its range (checked per flush, before the write: exact). Each step's
+    labels are held and written with one scatter every
     few dozen steps and before :meth:`merged` (:class:`~lightning_dv.distributed.PendingRecords`;
     a row's label is the same in every step, so the order of the writes does not matter; no
     host sync); :meth:`merged` combines the ranks' records with one all-reduce (max, as every
@@ -147,10 +149,13 @@ class RowLabels:
         >>> labels.record(torch.tensor([2, 0]), torch.tensor([1, 3]))
         >>> labels.merged().tolist()
         [3, -1, 1, -1]
+        >>> labels.record(torch.tensor([1]), torch.tensor([40_000]))  # past int16: kept as int32
+        >>> labels.merged().tolist(), labels.labels.dtype
+        ([3, 40000, 1, -1], torch.int32)
     """
 
     def __init__(self, num_rows: int, device: torch.device) -> None:
-        self.labels = torch.full((num_rows,), -1, dtype=torch.int32, device=device)  # 4 bytes per row
+        self.labels = torch.full((num_rows,), -1, dtype=torch.int16, device=device)  # 2 bytes per row
         self._pending = PendingRecords()
 
     def record(self, idx: Tensor, targets: object) -> None:
@@ -164,12 +169,20 @@ class RowLabels:
         taken = self._pending.take()
         if taken is not None:
             rows, targets = taken
+            narrow = torch.iinfo(self.labels.dtype)
+            if self.labels.dtype != torch.int32 and targets.numel():
+                low, high = torch.aminmax(targets)
+                if int(low) < narrow.min or int(high) > narrow.max:
+                    self.labels = self.labels.to(torch.int32)
             self.labels.index_copy_(
-                0, rows.to(self.labels.device), targets.to(self.labels.device, torch.int32)
+                0, rows.to(self.labels.device), targets.to(self.labels.device, self.labels.dtype)
             )
 
     def merged(self, sync: bool = True) -> Tensor | None:
         """Labels on CPU, merged over ranks (``sync``: a collective every rank must call), or None if none."""
         self.flush()
-        labels = (all_reduce_max(self.labels) if sync and is_distributed() else self.labels).cpu().long()
+        if sync and is_distributed():  # one dtype on every rank (a rank may have widened its labels)
+            labels = all_reduce_max(self.labels.to(torch.int32)).cpu().long()
+        else:
+            labels = self.labels.cpu().long()
         return labels if bool((labels >= 0).any()) else None
