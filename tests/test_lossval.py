@@ -317,14 +317,14 @@ def test_fixed_weight_values_match_a_geomloss_autograd_reference(small):
     np.testing.assert_array_equal(cb.values.trajectory[1], cb.values.trajectory[2])  # frozen after 2
 
 
-def test_default_keeps_16_bytes_per_row_and_no_weight_step(small):
+def test_default_keeps_10_bytes_per_row_and_no_weight_step(small):
     cb, trainer, model = fit(small, epochs=2)
     state, n = model.dv_state, len(small.x_train)
     assert state.weights is None and not any(p.requires_grad for p in state.parameters())
     per_row = sum(
         t.numel() * t.element_size() for t in state.state_dict().values() if t.ndim and t.shape[0] == n
     )
-    assert per_row == 16 * n  # the windowed trajectory alone: sum, count, total, epochs (float32)
+    assert per_row == 10 * n  # the windowed trajectory alone: sum, total (float32), count, epochs (uint8)
     assert cb.optimizer is None and cb.optimizer_steps == 0
     assert not np.allclose(cb.values.values, cb.values.values[0])
 
