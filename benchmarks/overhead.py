@@ -152,6 +152,9 @@ def objective_factories() -> dict[str, Callable[[np.ndarray, np.ndarray], object
     def nddv(xv: np.ndarray, yv: np.ndarray):
         return project_class("nddv")()
 
+    def nddv_learned(xv: np.ndarray, yv: np.ndarray):  # the default before session 6
+        return project_class("nddv")(learn_weights=True)
+
     def aum(xv: np.ndarray, yv: np.ndarray):
         return project_class("aum")()
 
@@ -160,6 +163,7 @@ def objective_factories() -> dict[str, Callable[[np.ndarray, np.ndarray], object
         "lossval_learned": lossval_learned,
         "lossval_exact": lossval_exact,
         "nddv": nddv,
+        "nddv_learned": nddv_learned,
         "aum": aum,
     }
 

@@ -256,11 +256,29 @@ NDDV_EPOCHS = 10
 
 
 @register(
-    "nddv", kind="project", description=f"NDDV objective (softplus weights), {NDDV_EPOCHS} epochs, MLP(64)"
+    "nddv",
+    kind="project",
+    description=f"NDDV objective (softplus weighting, fixed at 1 with the model on the plain loss), {NDDV_EPOCHS} epochs, MLP(64)",
 )
-def _nddv(split: Split, seed: int) -> DataValues:
+def _nddv(split: Split, seed: int, **options) -> DataValues:
     nddv = project_class("nddv")
-    return fit_with_objective(split, seed, lambda: nddv(seed=seed), epochs=NDDV_EPOCHS)
+    return fit_with_objective(split, seed, lambda: nddv(seed=seed, **options), epochs=NDDV_EPOCHS)
+
+
+#: NDDV variants of the benchmark: name -> (description, options of the ``nddv`` entry).
+NDDV_VARIANTS: dict[str, tuple[str, dict]] = {
+    "nddv_learned": (
+        "NDDV with learned softplus weights (learn_weights=True): the weights step with Adam every step "
+        "and scale the value and the mean field (the default before session 6)",
+        {"learn_weights": True},
+    ),
+    "nddv_fixed": (
+        "NDDV with fixed weights (learn_weights=False): every row weighs 1, no weight state and no weight step",
+        {"learn_weights": False},
+    ),
+}
+for _name, (_description, _options) in NDDV_VARIANTS.items():
+    register(_name, kind="project", description=_description)(functools.partial(_nddv, **_options))
 
 
 @register(

@@ -12,7 +12,16 @@ Every time a row is seen its state x costate value ``v_i`` is recorded (see
 the paper's marginal calibration of ``v_i`` averaged over the first ``window`` epochs a row is
 seen in (10 by default). Why: late in training the network memorises noisy labels and their
 terminal value rises; averaging early epochs only keeps the evidence and makes the values
-independent of how long the user trains. Measurements and design history: docs/nddv.md.
+independent of how long the user trains.
+
+The softplus weights (``learn_weights=``): learned with Adam where something reads them
+(``DataValuation(model_loss="reweight")`` or ``"objective"``); with the model on the user's plain
+loss (the default) they stay FIXED at 1: ``v_i`` is then the unweighted state x costate value and
+``mu`` the plain mean of the terminal states, the state holds no weights (14 bytes per row instead
+of 30) and no weight step runs. Why: at ``model_loss="plain"`` the learned weights reach the
+values only as the factor ``w_i`` of ``v_i`` and ``mu``'s weighting, and on the protocol the fixed
+weights detect as well (docs/nddv.md, "Fixed weights"). Measurements and design history:
+docs/nddv.md.
 """
 
 from __future__ import annotations
@@ -82,11 +91,18 @@ class NDDV(MetaWeighting, ValuationObjective):
             (binary cross-entropy for a single logit).
         hidden: Width of the weight network.
         seed: Seed of the meta-batch sampling (deterministic and resumable).
+        learn_weights: Softplus weighting only. ``None`` (default): learn the per-row weights only
+            where the model reads them (``DataValuation(model_loss="reweight")`` or
+            ``"objective"``), else keep them fixed at 1 (no weight state or step; the module
+            docstring says why). ``True``: always learn them (the default before session 6).
+            ``False``: never; refused with a ``model_loss`` other than ``"plain"``.
 
     Example:
         >>> objective = NDDV()
         >>> state = objective.build(num_rows=100)
-        >>> objective.values(state).shape
+        >>> objective.values(state).shape, state.weights is None  # fixed weights: no weight state
+        (torch.Size([100]), True)
+        >>> NDDV(learn_weights=True).build(100).weights.all().shape
         torch.Size([100])
         >>> from lightning_dv.callbacks import DataValuation
         >>> x_meta, y_meta = torch.randn(100, 8), torch.randint(0, 3, (100,))
@@ -114,8 +130,19 @@ class NDDV(MetaWeighting, ValuationObjective):
         meta_loss: Callable[[Tensor, Tensor], Tensor] | None = None,
         hidden: int = 100,
         seed: int = 0,
+        learn_weights: bool | None = None,
     ) -> None:
         check_choice("weighting", weighting, WEIGHTINGS)
+        if learn_weights not in (None, True, False):
+            raise TypeError(
+                f"`learn_weights` must be True, False or None (automatic); got {learn_weights!r}."
+            )
+        if weighting == "meta" and learn_weights is not None:
+            raise ValueError(
+                "`learn_weights` sets the per-row softplus weights, but `weighting='meta'` computes the "
+                "weights with a weight network trained on the meta set: drop `learn_weights`, or use "
+                "`weighting='softplus'`."
+            )
         check_choice("calibration", calibration, CALIBRATIONS)
         check_choice("aggregate", aggregate, AGGREGATES)
         if weighting == "meta" and meta is None:
@@ -140,6 +167,8 @@ class NDDV(MetaWeighting, ValuationObjective):
         self.lr = float(lr if lr is not None else (0.01 if weighting == "softplus" else 1e-3))
         self.pseudo_lr, self.meta_batch_size = float(pseudo_lr), meta_batch_size
         self.hidden, self.seed = hidden, seed
+        self.learn_weights = learn_weights
+        self._model_loss = "plain"  # what DataValuation trains the model on (bind_model_loss)
         self.meta_loss = meta_loss or default_meta_loss
         self.meta = None if meta is None else meta_tensors(meta)
         self._meta_optimizer: torch.optim.Optimizer | None = None
@@ -151,9 +180,29 @@ class NDDV(MetaWeighting, ValuationObjective):
         return state
 
     # -- lifecycle ------------------------------------------------------------------------------
+    @property
+    def learned(self) -> bool:
+        """Whether this fit learns per-row softplus weights: ``learn_weights``, or (None) where the
+        model reads them (``model_loss="reweight"`` / ``"objective"``). False with the weight network."""
+        if self.weighting != "softplus":
+            return False
+        if self.learn_weights is not None:
+            return self.learn_weights
+        return self._model_loss != "plain"
+
+    def bind_model_loss(self, model_loss: str) -> None:
+        if self.learn_weights is False and model_loss != "plain":
+            raise ValueError(
+                f"`DataValuation(model_loss={model_loss!r})` trains the model on NDDV's learned weights, but "
+                "`NDDV(learn_weights=False)` keeps them fixed: pass `learn_weights=True` (or leave it None), "
+                "or use model_loss='plain'."
+            )
+        self._model_loss = model_loss
+
     def build(self, num_rows: int) -> NDDVState:
         self._meta_optimizer = None
-        return NDDVState(num_rows, self.weighting, self.hidden, window=self.window)
+        weighting = "fixed" if self.weighting == "softplus" and not self.learned else self.weighting
+        return NDDVState(num_rows, weighting, self.hidden, window=self.window)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: nn.Module) -> None:
         if self.weighting == "meta":
@@ -197,7 +246,7 @@ class NDDV(MetaWeighting, ValuationObjective):
             state.mean_field = frozen_parameter(torch.full((k,), 1.0 / k, device=outputs.device))
         dynamics = self._dynamics_states(step)
         if self.weighting == "softplus":
-            w = state.weights(step.idx)
+            w = state.weights(step.idx) if state.weights is not None else per_sample.new_ones(step.idx.shape)
         else:
             if torch.is_grad_enabled() and step.module is not None and step.module.training:
                 self.meta_step(state, step)
@@ -219,7 +268,7 @@ class NDDV(MetaWeighting, ValuationObjective):
     def model_weights(self, state: nn.Module, idx: Tensor) -> Tensor | None:
         """The rows' positive weights of the current batch (softplus weights or the weight network's)."""
         if self.weighting == "softplus":
-            return state.weights(idx).detach()
+            return state.weights(idx).detach() if state.weights is not None else torch.ones(idx.shape, device=idx.device)
         rows, w = getattr(self, "_batch_weights", (None, None))
         if rows is None or rows.shape != idx.shape:
             raise RuntimeError("NDDV.model_weights must follow NDDV.loss on the same batch.")
@@ -285,7 +334,7 @@ class NDDV(MetaWeighting, ValuationObjective):
         return calibrate(phi, "robust", self.fence, self.upper_scale, seen=state.seen.detach() > 0)
 
     def extra_columns(self, state: nn.Module) -> dict[str, Tensor]:
-        weight = state.weights.all() if state.weights is not None else state.weight.detach().clone()
+        weight = state.weight.detach().clone()
         mean = state.value_mean.detach()
         return {
             "nddv_state_costate": state.raw_value.detach().clone(),  # latest epoch

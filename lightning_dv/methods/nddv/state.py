@@ -67,13 +67,14 @@ class WeightedMean(nn.Module):
 
 
 class NDDVState(ValuationState):
-    """The weights (softplus) or weight network (meta), the per-row statistics and the mean field.
+    """The weights (learned softplus, or fixed at 1) or weight network (meta), the per-row
+    statistics and the mean field.
 
     ``stats`` holds per row the value of each epoch (a padded duplicate counts once), its running
     total and the latest epoch's, and with the weight network the weight it gave the row (the
     softplus weights are read from ``weights``: nothing reads their per-epoch record, so it is
-    not kept; 4 (value) + 1 (count) + 4 (total) + 1 (epochs) + 4 (latest) bytes per row, with the
-    weights' 16); ``field`` the epoch's weighted sum of terminal
+    not kept; 4 (value) + 1 (count) + 4 (total) + 1 (epochs) + 4 (latest) = 14 bytes per row, plus
+    the learned weights' 16; ``weighting="fixed"`` keeps no weights: every row weighs 1); ``field`` the epoch's weighted sum of terminal
     states; ``dynamics`` one such sum per ControlledDynamicsNet of the model. Everything but the
     softplus weights is a frozen parameter: DDP leaves it alone and checkpoints carry it,
     partial epoch included.
@@ -81,6 +82,8 @@ class NDDVState(ValuationState):
 
     def __init__(self, num_rows: int, weighting: str, hidden: int, window: int | None = None) -> None:
         super().__init__(num_rows)
+        if weighting not in ("softplus", "fixed", "meta"):
+            raise ValueError(f"`weighting` must be 'softplus', 'fixed' or 'meta'; got {weighting!r}.")
         self.weights = (
             SampleWeights(num_rows, init=1.0, constraint="softplus") if weighting == "softplus" else None
         )
@@ -88,7 +91,7 @@ class NDDVState(ValuationState):
         if self.weight_net is not None:
             for p in self.weight_net.parameters():
                 p.requires_grad_(False)  # trained by the objective's own meta step, invisible to DDP
-        width = 1 if weighting == "softplus" else 2
+        width = 2 if weighting == "meta" else 1
         self.stats = RowStatistics(num_rows, width=width, keep_last=True, window=window)
         if width == 2:
             with torch.no_grad():
@@ -157,9 +160,12 @@ class NDDVState(ValuationState):
 
     @property
     def weight(self) -> Tensor:
-        """Latest epoch's weight per row (1 for rows never seen); with softplus weights, the current ones."""
+        """Latest epoch's weight per row (1 for rows never seen); with softplus weights, the current
+        ones (fixed: 1)."""
         if self.weights is not None:
             return self.weights.all()
+        if self.weight_net is None:
+            return torch.ones(self.num_rows, device=self.stats.last.device)
         return self.stats.last[:, WEIGHT]
 
     @property
@@ -185,6 +191,18 @@ class NDDVState(ValuationState):
         return self.dynamics[key]
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        # A checkpoint of the other kind of softplus state (learned vs fixed weights) would fail on
+        # unexpected / missing keys: say which NDDV wrote it instead.
+        stored = any(k.startswith(prefix + "weights.") for k in state_dict)
+        meta = any(k.startswith(prefix + "weight_net.") for k in state_dict)
+        ours = (prefix + "stats.sum") in state_dict
+        if ours and self.weight_net is None and not meta and stored != (self.weights is not None):
+            written, wanted, kept = ("learned", "True", "fixed") if stored else ("fixed", "False", "learned")
+            before = " (NDDV's default before session 6)" if stored else ""
+            raise ValueError(
+                f"this checkpoint holds NDDV's state with {written} softplus weights{before}, but this fit's "
+                f"NDDV keeps them {kept}: resume with `NDDV(..., learn_weights={wanted})`."
+            )
         if (
             self.stats.width == 1
         ):  # a checkpoint with the softplus weights' per-epoch column (before session 6)
