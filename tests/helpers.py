@@ -155,6 +155,8 @@ def make_objective(name: str, x_valid=None, y_valid=None):
         return LossVal(validation=x_valid, learn_weights=True)
     if name == "lossval_subsample":  # draws validation rows from its own checkpointed generator
         return LossVal(validation=x_valid, validation_subsample=10)
+    if name == "nddv_learned":  # learned softplus weights (the default before session 6)
+        return NDDV(learn_weights=True)
     if name == "nddv_meta":
         return NDDV(weighting="meta", meta=(x_valid, y_valid), meta_batch_size=16, lr=0.01)
     if name == "aum":

@@ -75,8 +75,9 @@ def test_per_row_state_bytes():
 
     n = 20_000  # row-sparse weights
     assert (
-        per_row(NDDV().build(n), n) == 16 + 4 + 1 + 4 + 1 + 4
-    )  # weights; value sum, count, total, epochs, last
+        per_row(NDDV().build(n), n) == 4 + 1 + 4 + 1 + 4
+    )  # fixed weights: value sum, count, total, epochs, last
+    assert per_row(NDDV(learn_weights=True).build(n), n) == 16 + 14  # with the learned weights
     assert per_row(AUM().build(n), n) == 4 + 1 + 4 + 1
     assert (
         per_row(NDDV(weighting="meta", meta=(torch.randn(4, 2), torch.tensor([0, 1, 0, 1]))).build(n), n)

@@ -26,6 +26,7 @@ def objectives(split):
         "lossval": lambda: LossVal(validation=(split.x_valid, split.y_valid)),
         "lossval_learned": lambda: LossVal(validation=(split.x_valid, split.y_valid), learn_weights=True),
         "nddv": lambda: NDDV(),
+        "nddv_learned": lambda: NDDV(learn_weights=True),
         "nddv_meta": lambda: NDDV(weighting="meta", meta=(split.x_valid, split.y_valid)),
         "aum": lambda: AUM(),
     }
@@ -116,7 +117,14 @@ def adam_steps(trainer):
 
 
 @pytest.mark.parametrize(
-    ("name", "mode"), [("lossval", None), ("lossval_learned", None), ("nddv", None), ("lossval", "reweight")]
+    ("name", "mode"),
+    [
+        ("lossval", None),
+        ("lossval_learned", None),
+        ("nddv", None),
+        ("nddv_learned", None),
+        ("lossval", "reweight"),
+    ],
 )
 def test_16_mixed_grad_scaler_never_skips_the_models_steps(split, name, mode):
     def run(objective):
@@ -130,7 +138,7 @@ def test_16_mixed_grad_scaler_never_skips_the_models_steps(split, name, mode):
     cb, trainer, model, scaler = run(objectives(split)[name]())
     assert adam_steps(trainer) == adam_steps(plain_trainer)
     assert scaler.get_scale() == plain_scaler.get_scale()
-    fixed = (name, mode) == ("lossval", None)  # LossVal's default keeps no weights: nothing to step
+    fixed = mode is None and name in ("lossval", "nddv")  # the defaults keep no weights: nothing to step
     assert cb.optimizer_steps == (0 if fixed else adam_steps(trainer)[0])
     values = cb.values.values
     assert np.isfinite(values).all() and not np.allclose(values, values[0])

@@ -159,9 +159,8 @@ def test_detects_label_noise_on_digits_and_records_trajectories(split, tmp_path)
     np.testing.assert_allclose(  # the default value aggregates the epochs: the mean of the per-epoch values
         dv.columns["nddv_state_costate_mean"], model.dv_state.value_sum.detach().numpy() / 5, rtol=1e-6
     )
-    # the learned weights went down for the noisy rows
-    w = dv.columns["nddv_weight"]
-    assert w[split.noisy].mean() < np.delete(w, split.noisy).mean()
+    # the default keeps the weights fixed at 1 (the model trains on the plain loss)
+    assert model.dv_state.weights is None and (dv.columns["nddv_weight"] == 1).all()
     # mean field: the weighted mean of the terminal states, a distribution over the 10 classes
     mu = model.dv_state.mean_field.detach()
     assert mu.shape == (10,) and abs(float(mu.sum()) - 1) < 1e-5
@@ -241,12 +240,14 @@ def test_weight_network_trains_during_fit(split, clean_meta):
 
 
 # -- resume -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("weighting", ["meta"])  # softplus: tests/test_objective_contract.py
+@pytest.mark.parametrize("weighting", ["meta", "learned"])  # fixed softplus: tests/test_objective_contract.py
 def test_resume_reproduces_uninterrupted_values(weighting, split, clean_meta, tmp_path):
     x, y = split.x_train[:320], split.y_train[:320]
 
     def objective():
-        return NDDV(weighting=weighting, meta=clean_meta if weighting == "meta" else None, meta_batch_size=50)
+        if weighting == "learned":
+            return NDDV(learn_weights=True)
+        return NDDV(weighting=weighting, meta=clean_meta, meta_batch_size=50)
 
     seeded(0)
     full, _ = fit(MLP(64, 10), objective(), x, y, 4, shuffle=False)
@@ -504,7 +505,10 @@ def test_a_checkpoint_of_mains_layout_loads_and_resumes_bit_for_bit():
         saved["nddv"]["stats.sum"].shape == (layout.ROWS, 2)
         and saved["aum"]["margin.count"].is_floating_point()
     )
-    nddv, aum = layout.NDDV(window=2), layout.AUM(window=2)
+    # main's state holds learned softplus weights: the default (fixed) NDDV refuses it by name
+    with pytest.raises(ValueError, match=r"learned softplus weights.*learn_weights=True"):
+        layout.NDDV(window=2).build(layout.ROWS).load_state_dict(saved["nddv"])
+    nddv, aum = layout.NDDV(window=2, learn_weights=True), layout.AUM(window=2)
     state, margins = nddv.build(layout.ROWS), aum.build(layout.ROWS)
     state.load_state_dict(saved["nddv"])
     margins.load_state_dict(saved["aum"])
@@ -525,3 +529,99 @@ def test_a_checkpoint_of_mains_layout_loads_and_resumes_bit_for_bit():
     layout.play(nddv, state, aum, margins, [(2, data[-1][layout.STEPS // 2 :])])
     layout.sparse_steps(weights, 20, seed=2)
     same(layout.results(nddv, state, aum, margins, weights), saved["end"])
+
+
+# -- fixed vs learned softplus weights (learn_weights) --------------------------------------------
+class RecordingMLP(MLP):
+    """Keeps every training step's (epoch, rows, logits, labels) as the objective saw them (before the update)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seen: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def training_step(self, batch, batch_idx):
+        idx, x, y = batch
+        with torch.no_grad():
+            self.seen.append((self.current_epoch, idx.clone(), self(x).clone(), y.clone()))
+        return super().training_step(batch, batch_idx)
+
+
+def test_fixed_weights_values_equal_a_brute_force_reference_with_no_weight_state_or_step(split):
+    """Default NDDV at model_loss='plain': every row weighs 1. Reference written from the formula in
+    float64, row by row: v_i = -(1/K) sum_k p_ik (softmax(p_i)_k - [k = y_i]) with p_i = softmax(z_i),
+    the mean over epochs, the marginal calibration; mu = the plain mean of the epoch's terminal states."""
+    x, y = split.x_train[:200], split.y_train[:200]
+    seeded(0)
+    model = RecordingMLP(64, 10)
+    cb = DataValuation(NDDV(calibration="marginal"))
+    trainer = L.Trainer(max_epochs=3, callbacks=[cb], **trainer_kwargs())
+    trainer.fit(model, loader(x, y, batch_size=32))
+    state, n, k = model.dv_state, len(x), 10
+    assert state.weights is None and not any(p.requires_grad for p in state.parameters())
+    assert cb.optimizer is None and cb.optimizer_steps == 0  # no weight step
+    per_row = sum(
+        t.numel() * t.element_size() for t in state.state_dict().values() if t.ndim and t.shape[0] == n
+    )
+    assert per_row == 14 * n  # value sum (4), count (1), total (4), epochs (1), latest (4)
+
+    v = np.zeros((3, n))
+    probs = {}
+    for epoch, rows, logits, labels in model.seen:
+        for r, z, label in zip(rows.tolist(), logits.double(), labels.tolist()):
+            p = torch.softmax(z, 0)
+            soft = torch.softmax(p, 0)  # the costate of CE on the terminal state p: softmax(p) - onehot
+            v[epoch, r] = float(-(p * (soft - F.one_hot(torch.tensor(label), k).double())).sum() / k)
+            probs[epoch, r] = p
+    raw = v.mean(0)
+    expected = raw - (raw.sum() - raw) / (n - 1)
+    np.testing.assert_allclose(cb.values.columns["nddv_state_costate_mean"], raw, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(cb.values.values, expected, rtol=1e-5, atol=1e-6)
+    mu = torch.stack([probs[2, r] for r in range(n)]).mean(0)  # the last epoch's, every row weighing 1
+    torch.testing.assert_close(state.mean_field.double(), mu, rtol=1e-5, atol=1e-6)
+    assert (cb.values.columns["nddv_weight"] == 1).all()
+
+
+def test_learned_weights_by_default_only_where_the_model_reads_them(split):
+    assert NDDV().learned is False and NDDV(learn_weights=True).learned is True
+    for mode in ("reweight", "objective"):
+        assert DataValuation(NDDV(), model_loss=mode).objective.learned is True
+    assert DataValuation(NDDV(), model_loss="plain").objective.learned is False
+    meta = (torch.randn(4, 2), torch.tensor([0, 1, 0, 1]))
+    assert NDDV(weighting="meta", meta=meta).learned is False  # the weight network, no per-row weights
+    # learned weights step every step and go down for the noisy rows
+    seeded(0)
+    cb = DataValuation(NDDV(learn_weights=True))
+    L.Trainer(max_epochs=3, callbacks=[cb], **trainer_kwargs()).fit(
+        MLP(64, 10), loader(split.x_train, split.y_train)
+    )
+    assert cb.optimizer_steps == 3 * 32
+    w = cb.values.columns["nddv_weight"]
+    assert w[split.noisy].mean() < np.delete(w, split.noisy).mean()
+
+
+def test_learn_weights_errors_name_the_argument():
+    with pytest.raises(TypeError, match="`learn_weights` must be True, False or None"):
+        NDDV(learn_weights="yes")
+    meta = (torch.randn(4, 2), torch.tensor([0, 1, 0, 1]))
+    with pytest.raises(ValueError, match="`weighting='meta'` computes the weights with a weight network"):
+        NDDV(weighting="meta", meta=meta, learn_weights=False)
+    for mode in ("reweight", "objective"):
+        with pytest.raises(ValueError, match=f"model_loss='{mode}'.*`NDDV\\(learn_weights=False\\)` keeps"):
+            DataValuation(NDDV(learn_weights=False), model_loss=mode)
+
+
+@pytest.mark.parametrize("written", [True, None])
+def test_resuming_the_other_kind_of_weights_names_learn_weights(written, split, tmp_path):
+    x, y = split.x_train[:64], split.y_train[:64]
+    ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    first = L.Trainer(max_epochs=1, callbacks=[DataValuation(NDDV(learn_weights=written)), ckpt],
+                      **trainer_kwargs(enable_checkpointing=True))  # fmt: skip
+    first.fit(MLP(64, 10), loader(x, y))
+    kind, wanted = ("learned", "True") if written else ("fixed", "False")
+    resumed = NDDV(learn_weights=None if written else True)
+    with pytest.raises(
+        ValueError, match=f"NDDV's state with {kind} softplus weights.*learn_weights={wanted}"
+    ):
+        L.Trainer(max_epochs=2, callbacks=[DataValuation(resumed)], **trainer_kwargs()).fit(
+            MLP(64, 10), loader(x, y), ckpt_path=tmp_path / "last.ckpt"
+        )

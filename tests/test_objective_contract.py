@@ -61,7 +61,9 @@ def assert_same_run(a, b, model_a, model_b):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)
 
 
-@pytest.mark.parametrize("name", [*TRAINING_OBJECTIVES, "lossval_subsample", "lossval_learned"])
+@pytest.mark.parametrize(
+    "name", [*TRAINING_OBJECTIVES, "lossval_subsample", "lossval_learned", "nddv_learned"]
+)
 @pytest.mark.parametrize("where", ["epoch_end", "mid_epoch"])
 def test_resume_is_exact(name, where, data, tmp_path):
     """4 epochs uninterrupted == stopped (at an epoch end, or after step 9 of 24) and resumed."""
@@ -247,7 +249,7 @@ DDP_METHODS = [
     "aum",  # the default suite runs one 2-process fit
     *(
         pytest.param(m, marks=SLOW)
-        for m in ("lossval", "lossval_learned", "nddv", "margin", *WHOLE_SET_METHODS)
+        for m in ("lossval", "lossval_learned", "nddv", "nddv_learned", "margin", *WHOLE_SET_METHODS)
     ),
 ]
 

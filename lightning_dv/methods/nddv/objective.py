@@ -268,7 +268,11 @@ class NDDV(MetaWeighting, ValuationObjective):
     def model_weights(self, state: nn.Module, idx: Tensor) -> Tensor | None:
         """The rows' positive weights of the current batch (softplus weights or the weight network's)."""
         if self.weighting == "softplus":
-            return state.weights(idx).detach() if state.weights is not None else torch.ones(idx.shape, device=idx.device)
+            return (
+                state.weights(idx).detach()
+                if state.weights is not None
+                else torch.ones(idx.shape, device=idx.device)
+            )
         rows, w = getattr(self, "_batch_weights", (None, None))
         if rows is None or rows.shape != idx.shape:
             raise RuntimeError("NDDV.model_weights must follow NDDV.loss on the same batch.")
