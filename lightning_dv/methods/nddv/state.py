@@ -74,8 +74,8 @@ class NDDVState(ValuationState):
     total and the latest epoch's, and with the weight network the weight it gave the row (the
     softplus weights are read from ``weights``: nothing reads their per-epoch record, so it is
     not kept; 4 (value) + 1 (count) + 4 (total) + 1 (epochs) + 4 (latest) = 14 bytes per row, plus
-    the learned weights' 16; ``weighting="fixed"`` keeps no weights: every row weighs 1); ``field`` the epoch's weighted sum of terminal
-    states; ``dynamics`` one such sum per ControlledDynamicsNet of the model. Everything but the
+    the learned weights' 16; ``weighting="fixed"`` keeps no weights: every row weighs 1); ``field``
+    the epoch's weighted sum of terminal states; ``dynamics`` one such sum per ControlledDynamicsNet of the model. Everything but the
     softplus weights is a frozen parameter: DDP leaves it alone and checkpoints carry it,
     partial epoch included.
     """
