@@ -5,16 +5,17 @@ Three views, each in one process:
 - ``weights``: the per-row weights' read and step in a tight loop (softplus, batch 32), dense
   and row-sparse (NumPy path) at N = 10^3 and 10^4, row-sparse (NumPy and torch paths) at
   N = 10^6, interleaved blocks, medians.
-- ``fit``: NDDV fits of 60 steps, plain / row-sparse NumPy / row-sparse torch / dense weights
+- ``fit``: NDDV fits (learned weights, ``nddv_learned``) of 60 steps, plain / row-sparse NumPy / row-sparse torch / dense weights
   interleaved, median of each repeat's step ratio over the plain fit.
 - ``parts``: inclusive CPU time per step of the hot-path functions in an NDDV or AUM fit (each
   wrapped with a timer; the wrappers add ~1 us per call), next to the median step of the fit and
   of a plain fit (fits of 60 steps at N > 10^4, else 3 epochs; ``--objective``).
-- ``medians``: the median CPU time per call of the weights' read and step in three NDDV fits of
-  60 steps (dense up to 16k rows, row-sparse above).
+- ``medians``: the median CPU time per call of the weights' read and step in three NDDV fits
+  (learned weights) of 60 steps (dense up to 16k rows, row-sparse above).
 
 Usage: ``OMP_NUM_THREADS=1 python -m benchmarks.bench_step_profile {weights,fit,parts,medians} [--rows N]
-[--objective nddv|aum]``.
+[--objective nddv|nddv_learned|aum]``. NDDV's default keeps its weights fixed (session 6): the
+weights' views time ``nddv_learned``.
 Results: docs/scaling.md.
 """
 
@@ -120,7 +121,7 @@ def fit_ratios(rows: int, repeats: int = 7) -> dict[str, float]:
         for name, m in modes.items():
             if m is not None:
                 mode["host"], mode["dense_below"] = m
-            objective = None if m is None else objective_factories()["nddv"](None, None)
+            objective = None if m is None else objective_factories()["nddv_learned"](None, None)
             steps[name].append(
                 time_fit(x, y, objective, max_batches=60, measure_memory=False, clock="cpu")[2]
             )
@@ -198,7 +199,13 @@ def medians(rows: int, fits: int = 3) -> dict[str, float]:
     with _timed(WEIGHT_CALLS, lambda qualname, ns: times[qualname].append(ns)):
         for _ in range(fits):
             time_fit(
-                x, y, objective_factories()["nddv"](None, None), 1, 60, measure_memory=False, clock="cpu"
+                x,
+                y,
+                objective_factories()["nddv_learned"](None, None),
+                1,
+                60,
+                measure_memory=False,
+                clock="cpu",
             )
     return {q: statistics.median(t) / 1e3 for q, t in times.items()}
 
@@ -207,7 +214,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("view", choices=("weights", "fit", "parts", "medians"))
     parser.add_argument("--rows", type=int, nargs="+", default=[1000, 1_000_000])
-    parser.add_argument("--objective", choices=("nddv", "aum"), default="nddv", help="parts view only")
+    parser.add_argument(
+        "--objective", choices=("nddv", "nddv_learned", "aum"), default="nddv", help="parts view only"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.view == "weights":
