@@ -64,6 +64,11 @@ from lightning_dv.methods.lossval.inputs import (
 )
 from lightning_dv.methods.lossval.ot import CachedSinkhornDivergence, bounding_diameter
 from lightning_dv.methods.lossval.sinkhorn import SinkhornDivergence, check_schedule
+from lightning_dv.methods.weight_mode import (
+    check_checkpoint_weights,
+    check_learn_weights,
+    check_serves_model_loss,
+)
 from lightning_dv.methods.weights import CONSTRAINTS, SampleWeights
 
 if TYPE_CHECKING:
@@ -103,14 +108,9 @@ class LossValState(ValuationState):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
         # A checkpoint of the other kind of state (learned vs fixed weights) would fail on
         # unexpected / missing keys: say which LossVal wrote it instead.
-        stored = any(k.startswith(prefix + "weights.") for k in state_dict)
-        if (prefix + "trajectory.sum") in state_dict and stored != (self.weights is not None):
-            written, wanted, kept = ("learned", "True", "fixed") if stored else ("fixed", "False", "learned")
-            before = " (LossVal's default before session 6)" if stored else ""
-            raise ValueError(
-                f"this checkpoint holds LossVal's state with {written} weights{before}, but this fit's "
-                f"LossVal keeps them {kept}: resume with `LossVal(..., learn_weights={wanted})`."
-            )
+        if (prefix + "trajectory.sum") in state_dict:
+            stored = any(k.startswith(prefix + "weights.") for k in state_dict)
+            check_checkpoint_weights("LossVal", stored, self.weights is not None)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
@@ -262,10 +262,7 @@ class LossVal(ValuationObjective):
                 f"`ot_scaling={ot_scaling}` sets the fast solver's annealing, which `ot={ot!r}` does not use; "
                 "drop `ot_scaling`, or use `ot='fast'`."
             )
-        if learn_weights not in (None, True, False):
-            raise TypeError(
-                f"`learn_weights` must be True, False or None (automatic); got {learn_weights!r}."
-            )
+        check_learn_weights(learn_weights)
         if learn_weights is False and signal == "weights":
             raise ValueError(
                 "`signal='weights'` reads the learned weights, but `learn_weights=False` keeps them fixed: pass "
@@ -306,12 +303,7 @@ class LossVal(ValuationObjective):
         return self.signal == "weights" or self._model_loss != "plain"
 
     def bind_model_loss(self, model_loss: str) -> None:
-        if self.learn_weights is False and model_loss != "plain":
-            raise ValueError(
-                f"`DataValuation(model_loss={model_loss!r})` trains the model on LossVal's learned weights, but "
-                "`LossVal(learn_weights=False)` keeps them fixed: pass `learn_weights=True` (or leave it None), "
-                "or use model_loss='plain'."
-            )
+        check_serves_model_loss("LossVal", self.learn_weights, model_loss)
         self._model_loss = model_loss
 
     def build(self, num_rows: int) -> LossValState:

@@ -49,6 +49,7 @@ from lightning_dv.methods.nddv.formulas import (
 )
 from lightning_dv.methods.nddv.meta import EPS, MetaWeighting, default_meta_loss, meta_tensors
 from lightning_dv.methods.nddv.state import NDDVState
+from lightning_dv.methods.weight_mode import check_learn_weights, check_serves_model_loss
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -133,10 +134,7 @@ class NDDV(MetaWeighting, ValuationObjective):
         learn_weights: bool | None = None,
     ) -> None:
         check_choice("weighting", weighting, WEIGHTINGS)
-        if learn_weights not in (None, True, False):
-            raise TypeError(
-                f"`learn_weights` must be True, False or None (automatic); got {learn_weights!r}."
-            )
+        check_learn_weights(learn_weights)
         if weighting == "meta" and learn_weights is not None:
             raise ValueError(
                 "`learn_weights` sets the per-row softplus weights, but `weighting='meta'` computes the "
@@ -191,12 +189,7 @@ class NDDV(MetaWeighting, ValuationObjective):
         return self._model_loss != "plain"
 
     def bind_model_loss(self, model_loss: str) -> None:
-        if self.learn_weights is False and model_loss != "plain":
-            raise ValueError(
-                f"`DataValuation(model_loss={model_loss!r})` trains the model on NDDV's learned weights, but "
-                "`NDDV(learn_weights=False)` keeps them fixed: pass `learn_weights=True` (or leave it None), "
-                "or use model_loss='plain'."
-            )
+        check_serves_model_loss("NDDV", self.learn_weights, model_loss)
         self._model_loss = model_loss
 
     def build(self, num_rows: int) -> NDDVState:

@@ -10,6 +10,7 @@ from lightning_dv.distributed import RowStatistics, all_reduce_sum, frozen_param
 from lightning_dv.methods.base import ValuationState
 from lightning_dv.methods.nddv.formulas import state_costate_value, terminal_probabilities
 from lightning_dv.methods.nddv.meta import WeightNet
+from lightning_dv.methods.weight_mode import check_checkpoint_weights
 from lightning_dv.methods.weights import SampleWeights
 
 #: Columns of NDDV's per-row statistics (the weight column only with ``weighting="meta"``).
@@ -196,13 +197,8 @@ class NDDVState(ValuationState):
         stored = any(k.startswith(prefix + "weights.") for k in state_dict)
         meta = any(k.startswith(prefix + "weight_net.") for k in state_dict)
         ours = (prefix + "stats.sum") in state_dict
-        if ours and self.weight_net is None and not meta and stored != (self.weights is not None):
-            written, wanted, kept = ("learned", "True", "fixed") if stored else ("fixed", "False", "learned")
-            before = " (NDDV's default before session 6)" if stored else ""
-            raise ValueError(
-                f"this checkpoint holds NDDV's state with {written} softplus weights{before}, but this fit's "
-                f"NDDV keeps them {kept}: resume with `NDDV(..., learn_weights={wanted})`."
-            )
+        if ours and self.weight_net is None and not meta:
+            check_checkpoint_weights("NDDV", stored, self.weights is not None, what="softplus weights")
         if (
             self.stats.width == 1
         ):  # a checkpoint with the softplus weights' per-epoch column (before session 6)
