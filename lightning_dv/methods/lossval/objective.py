@@ -11,8 +11,8 @@ the validation inputs alike.
 
 The weights (``learn_weights=``): the paper learns them with Adam alongside the model. Where
 nothing reads them (the default: ``signal="trajectory"`` with the model on the user's plain
-loss) they stay FIXED at ``init`` (1): the state is the trajectory alone (16 bytes per row
-instead of 32), no weight step or DDP exchange runs, and ``g_i`` is read in the step itself.
+loss) they stay FIXED at ``init`` (1): the state is the trajectory alone (10 bytes per row
+instead of 26), no weight step or DDP exchange runs, and ``g_i`` is read in the step itself.
 Why: at raw masses the weights reach ``g_i`` only through the common scalars ``L_w``, ``D`` and
 the OT term's small per-row part, so learning them adds nothing the values need; on the protocol
 the fixed weights detect as well on 7 of 8 datasets and better on breast_cancer (F1 0.736 ->
