@@ -86,6 +86,20 @@ def check_window(window: Any) -> None:
         )
 
 
+def check_nonnegative(name: str, value: Any, meaning: str) -> None:
+    """Raise a ValueError naming the argument unless ``value`` is a finite real number >= 0.
+
+    Example:
+        >>> check_nonnegative("weight", 0.5, "0: off")
+        >>> check_nonnegative("weight", -1, "0: off")
+        Traceback (most recent call last):
+        ...
+        ValueError: `weight` must be a finite number >= 0 (0: off); got -1.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+        raise ValueError(f"`{name}` must be a finite number >= 0 ({meaning}); got {value!r}.")
+
+
 def check_class_labels(labels: torch.Tensor, num_classes: int) -> None:
     """Raise a ValueError unless every integer label lies in ``[0, num_classes)``; one host read.
 

@@ -430,6 +430,7 @@ def _cross_fit(
 ):
     """AUM's values combined with the held-out margins of ``folds`` fits of the same built-in model."""
     from lightning_dv.methods.aum.crossfit import with_out_of_fold
+    from lightning_dv.methods.calibration import GATE_TOLERANCE
     from lightning_dv.modules import ValidatedMLPClassifier
 
     return with_out_of_fold(
@@ -439,7 +440,7 @@ def _cross_fit(
         codes,
         folds=folds,
         gate=kwargs.get("gate", 0.0),
-        gate_tolerance=kwargs.get("gate_tolerance", 0.1),
+        gate_tolerance=kwargs.get("gate_tolerance", GATE_TOLERANCE),
         batch_size=batch_size,
         seed=seed,
         trainer_kwargs=trainer_kwargs,

@@ -28,7 +28,7 @@ import math
 import torch
 from torch import Tensor
 
-from lightning_dv._validation import check_choice
+from lightning_dv._validation import check_choice, check_nonnegative
 from lightning_dv.metrics import two_means_split
 
 CALIBRATIONS = ("robust", "none")
@@ -152,15 +152,9 @@ def check_calibration(
         raise ValueError(f"`upper_scale` must lie in (0, 1]; got {upper_scale}.")
     if fence is not None and fence <= 0:
         raise ValueError(f"`fence` must be > 0 (robust standard deviations); got {fence}.")
-    if (
-        isinstance(tolerance, bool)
-        or not isinstance(tolerance, (int, float))
-        or not 0 <= tolerance < math.inf
-    ):
-        raise ValueError(
-            f"`gate_tolerance` must be a finite number >= 0 (robust standard deviations below the gate; 0: "
-            f"exactly below the gate); got {tolerance!r}."
-        )
+    check_nonnegative(
+        "gate_tolerance", tolerance, "robust standard deviations below the gate; 0: exactly below the gate"
+    )
 
 
 def calibrate(

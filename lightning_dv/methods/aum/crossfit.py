@@ -40,6 +40,7 @@ from lightning.pytorch import Callback
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_dv._validation import check_nonnegative
 from lightning_dv.methods.aum.objective import assigned_margin
 from lightning_dv.methods.calibration import GATE_TOLERANCE, _center_scale, calibrate
 from lightning_dv.values import DataValues
@@ -61,8 +62,7 @@ def combine_margins(
         >>> combine_margins(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 1.0, 1.0]), gate=None).shape
         torch.Size([3])
     """
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < float("inf"):
-        raise ValueError(f"`weight` must be a finite number >= 0 (0: AUM alone); got {weight!r}.")
+    check_nonnegative("weight", weight, "0: AUM alone")
     a = torch.as_tensor(in_training, dtype=torch.float64)
     o = torch.as_tensor(out_of_fold, dtype=torch.float64)
     if a.shape != o.shape:
