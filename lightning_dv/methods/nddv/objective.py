@@ -260,12 +260,8 @@ class NDDV(MetaWeighting, ValuationObjective):
 
     def model_weights(self, state: nn.Module, idx: Tensor) -> Tensor | None:
         """The rows' positive weights of the current batch (softplus weights or the weight network's)."""
-        if self.weighting == "softplus":
-            return (
-                state.weights(idx).detach()
-                if state.weights is not None
-                else torch.ones(idx.shape, device=idx.device)
-            )
+        if self.weighting == "softplus":  # learned: model_loss="reweight" always learns them
+            return state.weights(idx).detach()
         rows, w = getattr(self, "_batch_weights", (None, None))
         if rows is None or rows.shape != idx.shape:
             raise RuntimeError("NDDV.model_weights must follow NDDV.loss on the same batch.")
