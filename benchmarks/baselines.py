@@ -11,6 +11,7 @@ VALUABLE, one value per training row, row ``i`` of the arrays is row ``i`` of th
   Algorithms", VLDB 2019, Theorem 1), in O(N log N) per validation point.
 - :func:`data_oob`: Data-OOB (Kwon & Zou, "Data-OOB: Out-of-bag Estimate as a Simple and
   Efficient Data Value", ICML 2023): bag weak learners, value = mean out-of-bag correctness.
+- :func:`forest_oob`: out-of-bag margin of the label under an extra-trees or random forest.
 - :func:`cleanlab_label_quality`: cleanlab's label-quality score on out-of-fold probabilities,
   available when the optional ``cleanlab`` package is installed.
 """
@@ -238,6 +239,37 @@ def data_oob(
         columns={"oob_count": seen_oob},
         metadata={"n_estimators": n_estimators, "model": model},
     )
+
+
+def forest_oob(
+    x: np.ndarray, y: np.ndarray, kind: str = "extra_trees", n_estimators: int = 300, seed: int = 0
+) -> DataValues:
+    """Value = out-of-bag margin of the label under a forest: ``p_y - max_{k != y} p_k``.
+
+    ``p`` averages the class probabilities of the trees whose bootstrap sample left the row out,
+    so no row is scored by a tree that saw it. ``kind="extra_trees"`` is the forest that
+    ``aum_forest`` adds to AUM (:func:`lightning_dv.methods.aum.forest.forest_margins`), alone;
+    ``"random_forest"`` is Breiman's random forest (scikit-learn defaults, bootstrap).
+
+    Example:
+        >>> x = np.r_[np.zeros((15, 1)), np.ones((15, 1))]; y = np.r_[np.zeros(15), np.ones(15)].astype(int)
+        >>> y[0] = 1
+        >>> int(forest_oob(x, y, n_estimators=30).lowest(1).index[0])
+        0
+    """
+    from sklearn.ensemble import RandomForestClassifier
+
+    from lightning_dv.methods.aum.forest import forest_margins, out_of_bag_margins
+
+    y = _labels(y)
+    if kind == "extra_trees":
+        margin = forest_margins(x, y, n_estimators=n_estimators, seed=seed)
+    elif kind == "random_forest":
+        forest = RandomForestClassifier(n_estimators, oob_score=True, random_state=seed)
+        margin = out_of_bag_margins(forest, np.asarray(x, dtype=np.float64), y)
+    else:
+        raise ValueError(f"`kind` must be 'extra_trees' or 'random_forest'; got {kind!r}.")
+    return DataValues(margin, method=f"{kind}_oob", metadata={"trees": n_estimators, "model": kind})
 
 
 def cleanlab_label_quality(

@@ -168,6 +168,19 @@ def _data_oob_tree(split: Split, seed: int) -> DataValues:
     return baselines.data_oob(split.x_train, split.y_train, split.num_classes, model="tree", seed=seed)
 
 
+@register(
+    "forest_oob",
+    description="extra-trees out-of-bag label margin, 300 trees (the forest `aum_forest` adds, alone)",
+)
+def _forest_oob(split: Split, seed: int) -> DataValues:
+    return baselines.forest_oob(split.x_train, split.y_train, "extra_trees", seed=seed)
+
+
+@register("random_forest_oob", description="random-forest out-of-bag label margin, 300 trees")
+def _random_forest_oob(split: Split, seed: int) -> DataValues:
+    return baselines.forest_oob(split.x_train, split.y_train, "random_forest", seed=seed)
+
+
 @register("cleanlab", description="cleanlab label-quality score (optional: pip install cleanlab)")
 def _cleanlab(split: Split, seed: int) -> DataValues:
     return baselines.cleanlab_label_quality(split.x_train, split.y_train, split.num_classes, seed=seed)
@@ -376,6 +389,32 @@ def _aum_oof(split: Split, seed: int) -> DataValues:
 )
 def _aum_val_oof(split: Split, seed: int) -> DataValues:
     return _with_out_of_fold(split, seed, _aum_val(split, seed))
+
+
+def _with_forest(split: Split, seed: int, values: DataValues) -> DataValues:
+    """``values`` of an AUM fit combined with the out-of-bag margins of an extra-trees forest."""
+    from lightning_dv.methods.aum.forest import with_forest
+
+    return with_forest(values, split.x_train, split.y_train, seed=seed)
+
+
+@register(
+    "aum_forest",
+    kind="project",
+    description="`aum` combined with an extra-trees forest's out-of-bag margin (300 trees on the features); "
+    "value = calibrated a/s_a + 0.5 f/s_f",
+)
+def _aum_forest(split: Split, seed: int) -> DataValues:
+    return _with_forest(split, seed, _aum(split, seed))
+
+
+@register(
+    "aum_val_forest",
+    kind="project",
+    description="`aum_val` combined with the forest's out-of-bag margin as `aum_forest`",
+)
+def _aum_val_forest(split: Split, seed: int) -> DataValues:
+    return _with_forest(split, seed, _aum_val(split, seed))
 
 
 @register("aum_paper", description="the paper's AUM: raw mean margin over all 30 epochs, MLP(64)")

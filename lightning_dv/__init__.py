@@ -3,6 +3,7 @@
 from lightning_dv.callbacks import ComplexityGapValuation, DataValuation, EcoValValuation, WholeSetValuation
 from lightning_dv.data import IndexedDataset
 from lightning_dv.methods import AUM, NDDV, LossVal, ValuationObjective, ValuationState, ValuationStep
+from lightning_dv.methods.aum import with_forest
 from lightning_dv.methods.complexity_gap import ComplexityGap, complexity_gap
 from lightning_dv.methods.ecoval import EcoVal
 from lightning_dv.methods.nddv.dynamics import ControlledDynamicsNet
@@ -43,5 +44,6 @@ __all__ = [
     "kmeans_f1",
     "two_means_split",
     "valuate",
+    "with_forest",
 ]
 __version__ = "0.1.0"

@@ -94,6 +94,7 @@ def test_value_end_to_end_on_a_csv_with_string_labels_and_ids(tmp_path, capsys):
             str(out),
             "--epochs",
             "5",
+            "--forest",
             "--no-progress",
         ]
     )
@@ -111,6 +112,7 @@ def test_value_end_to_end_on_a_csv_with_string_labels_and_ids(tmp_path, capsys):
         "predicted_label",
     ]
     assert values.method == "aum" and values.metadata["label_column"] == "animal"
+    assert values.metadata["forest_trees"] == 300 and "forest_margin" in values.columns
     assert values.ids.tolist() == df["key"].tolist() and values.labels.tolist() == df["animal"].tolist()
     assert set(values.columns["predicted_label"]) <= {"cat", "dog", "=cow"}
     assert detection_auroc(values.values, flipped) > 0.8
@@ -125,6 +127,7 @@ def test_value_end_to_end_on_a_csv_with_string_labels_and_ids(tmp_path, capsys):
         ("text", ["--label", "animal"], "not numeric: key, colour"),
         ("few", ["--label", "animal", "--id", "key"], "only 5 rows"),
         ("one_class", ["--label", "animal", "--id", "key"], "same label ('cat')"),
+        (None, ["--label", "animal", "--method", "nddv", "--forest"], "does not apply to --method nddv"),
     ],
 )
 def test_value_errors_name_the_problem(tmp_path, capsys, edit, args, message):

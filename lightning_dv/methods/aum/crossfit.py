@@ -40,42 +40,15 @@ from lightning.pytorch import Callback
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_dv._validation import check_nonnegative
+from lightning_dv.methods.aum.combine import aum_margins_in_row_order, combine_margins, with_second_opinion
 from lightning_dv.methods.aum.objective import assigned_margin
-from lightning_dv.methods.calibration import GATE_TOLERANCE, _center_scale, calibrate
+from lightning_dv.methods.calibration import GATE_TOLERANCE
 from lightning_dv.values import DataValues
+
+__all__ = ["OOF_WEIGHT", "OutOfFold", "combine_margins", "out_of_fold_margins", "with_out_of_fold"]
 
 #: Weight of the out-of-fold margin in the sum (chosen on the selection seeds among 0.25-2).
 OOF_WEIGHT = 0.5
-
-
-def combine_margins(
-    in_training: Tensor,
-    out_of_fold: Tensor,
-    weight: float = OOF_WEIGHT,
-    gate: float | None = 0.0,
-    gate_tolerance: float = GATE_TOLERANCE,
-) -> Tensor:
-    """Calibrated values of ``a / s_a + weight * o / s_o`` (``s``: 1.4826 MAD), gated as AUM's.
-
-    Example:
-        >>> combine_margins(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 1.0, 1.0]), gate=None).shape
-        torch.Size([3])
-    """
-    check_nonnegative("weight", weight, "0: AUM alone")
-    a = torch.as_tensor(in_training, dtype=torch.float64)
-    o = torch.as_tensor(out_of_fold, dtype=torch.float64)
-    if a.shape != o.shape:
-        raise ValueError(
-            f"one margin per row in both: in_training {tuple(a.shape)}, out_of_fold {tuple(o.shape)}."
-        )
-    return calibrate(_unit(a) + weight * _unit(o), gate=gate, gate_tolerance=gate_tolerance)
-
-
-def _unit(x: Tensor) -> Tensor:
-    """``x / (1.4826 MAD(x))`` (``x`` itself when the spread is 0): scaled, not centred."""
-    scale = float(_center_scale(x)[1])
-    return x / scale if scale > 0 else x
 
 
 @dataclass
@@ -224,28 +197,24 @@ def with_out_of_fold(
     one per row in row order, with the columns ``aum_margin``, ``aum_value`` (AUM alone),
     ``oof_margin`` and ``oof_fold`` (the fold whose model, trained without the row, scored it).
     """
-    if "aum_margin" not in values.columns:
-        raise ValueError(
-            "`values` must come from AUM (a DataValuation(AUM(...)) fit): no `aum_margin` column."
-        )
+    order, margin = aum_margins_in_row_order(values, len(labels))
     oof = out_of_fold_margins(make_model, features, labels, folds=folds, **fit_kwargs)
-    order = np.argsort(values.index)
-    if len(order) != len(oof.margins):
-        raise ValueError(
-            f"{len(order)} values but {len(oof.margins)} rows of features; give the rows AUM valued."
-        )
-    margin = torch.as_tensor(np.asarray(values.columns["aum_margin"])[order])
-    combined = combine_margins(margin, torch.as_tensor(oof.margins), weight, gate, gate_tolerance)
-    columns = {k: np.asarray(v)[order] for k, v in values.columns.items() if np.ndim(v) == 1}
-    columns.update(aum_value=np.asarray(values.values)[order], oof_margin=oof.margins, oof_fold=oof.fold)
-    meta = dict(
-        values.metadata,
-        folds=int(folds),
-        oof_weight=float(weight),
-        oof_best_epochs=oof.best_epochs,
-        oof_epochs_run=oof.epochs_run,
+    return with_second_opinion(
+        values,
+        order,
+        margin,
+        oof.margins,
+        weight,
+        gate,
+        gate_tolerance,
+        columns={"oof_margin": oof.margins, "oof_fold": oof.fold},
+        metadata={
+            "folds": int(folds),
+            "oof_weight": float(weight),
+            "oof_best_epochs": oof.best_epochs,
+            "oof_epochs_run": oof.epochs_run,
+        },
     )
-    return DataValues(combined.numpy(), method=values.method, columns=columns, metadata=meta)
 
 
 class _BestHeldOut(Callback):
