@@ -142,3 +142,17 @@ def test_forest_baselines_score_the_out_of_bag_margin():
     assert rf.method == "random_forest_oob" and detection_auroc(rf.values, split.noisy) > 0.8
     with pytest.raises(ValueError, match="`kind`"):
         baselines.forest_oob(split.x_train, split.y_train, "boosting")
+
+
+def test_the_example_runs_and_the_forest_helps_on_moons():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "aum_forest.py"
+    spec = importlib.util.spec_from_file_location("aum_forest_example", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    report = example.main(seed=1)
+    assert report["model_test_accuracy"] > 0.8
+    assert report["aum_forest"]["auroc"] > report["aum"]["auroc"]
+    assert report["aum_forest"]["flagged_f1"] > report["aum"]["flagged_f1"]

@@ -11,7 +11,7 @@ For every split (dataset x rate x seed) of the selection seeds:
     histogram gradient-boosting model's 5-fold `cross_val_predict` probabilities, a logistic
     regression's 5-fold probabilities (loss_only's), and Data-OOB with trees (the baseline's values).
 
-usage: python collect.py DATASETS SEEDS OUT.pkl   (run from the worktree root)
+usage: python collect_forest.py DATASETS SEEDS OUT.pkl   (run from the worktree root)
 """
 
 import pickle

@@ -1,9 +1,9 @@
-"""Offline reads of collect.py's recordings: AUM (window 10) and `aum_val` combined with a
+"""Offline reads of collect_forest.py's recordings: AUM (window 10) and `aum_val` combined with a
 feature-space second opinion (c = a / s_a + w * o / s_o, s = 1.4826 MAD, not centred, then AUM's
 calibration and gate); 2-means F1 (exported values, the flag) / AUROC, mean over sets of the mean
 over seeds, per-set tables and paired differences (session 7).
 
-usage: python an.py A.pkl [B.pkl ...] [--show CAND ...]   (run from the worktree root)
+usage: python an_forest.py A.pkl [B.pkl ...] [--show CAND ...]   (run from the worktree root)
 """
 
 import pickle

@@ -4,7 +4,7 @@
 acc_j: out-of-sample accuracy against the noisy labels of opinion j (forest out-of-bag, logistic
 5-fold), acc_a: share of rows whose AUM window margin is > 0 (the MLP's early fit).
 
-usage: python an2.py A.pkl [B.pkl ...]   (run from the worktree root)
+usage: python an_forest2.py A.pkl [B.pkl ...]   (run from the worktree root)
 """
 
 import importlib.util  # noqa: E402
@@ -15,7 +15,7 @@ from collections import defaultdict
 import numpy as np
 
 sys.path.insert(0, "benchmarks/results/s6_oof/exploration")
-_spec = importlib.util.spec_from_file_location("an7", "benchmarks/results/s7_forest/exploration/an.py")
+_spec = importlib.util.spec_from_file_location("an7", "benchmarks/results/s7_forest/exploration/an_forest.py")
 an7 = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(an7)
 EIGHT, OUTSIDE, cal, col, pmargin, unit = an7.EIGHT, an7.OUTSIDE, an7.cal, an7.col, an7.pmargin, an7.unit
