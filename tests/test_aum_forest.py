@@ -40,7 +40,9 @@ def test_forest_margins_match_a_tree_by_tree_out_of_bag_reference():
     codes = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(int) + (x[:, 2] > 1).astype(int)
     names = np.array(["b", "c", "a"])[codes]  # string labels whose sorted order is not the code order
     margins = forest_margins(x, names, n_estimators=40, seed=3)
-    forest = ExtraTreesClassifier(40, bootstrap=True, oob_score=True, random_state=3).fit(x, names)
+    forest = ExtraTreesClassifier(
+        40, bootstrap=True, oob_score=True, max_features=1.0, min_samples_leaf=3, random_state=3
+    ).fit(x, names)
     sorted_codes = np.searchsorted(forest.classes_, names)
     np.testing.assert_allclose(margins, _brute_force_oob_margin(forest, x, sorted_codes, 3), atol=1e-12)
     assert margins.dtype == np.float64 and ((margins >= -1) & (margins <= 1)).all()

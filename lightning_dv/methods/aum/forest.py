@@ -1,8 +1,10 @@
 """A forest's second opinion: AUM's margin combined with an extremely randomised forest's out-of-bag margin.
 
 An extremely randomised forest (Geurts, Ernst, Wehenkel, "Extremely randomized trees", Machine
-Learning 2006) is grown on bootstrap samples of the rows; each row is scored only by the trees
-whose sample left it out (Breiman's out-of-bag estimate, "Random Forests", 2001)::
+Learning 2006; every split draws one random threshold per feature and keeps the best of all
+``d`` features, leaves hold at least 3 rows) is grown on bootstrap samples of the rows; each row
+is scored only by the trees whose sample left it out (Breiman's out-of-bag estimate, "Random
+Forests", 2001)::
 
     p(i) = mean over the trees t with i not in sample(t) of t's class probabilities at x_i
     f_i  = p_{y_i}(i) - max_{k != y_i} p_k(i)          (in [-1, 1]; 0 where no tree left i out)
@@ -17,7 +19,7 @@ small network learns slowly within AUM's 10-epoch window. It needs the features,
 rows the user holds (:func:`with_forest`) or inside ``valuate(..., method="aum", forest=True)``.
 Measured on the selection seeds (benchmarks/README.md, section 2f): ahead of AUM alone, of the
 forest alone and of AUM cross-fitted in every column; weight 0.5 and extra trees (not a random
-forest or gradient boosting) were chosen there.
+forest or gradient boosting), all ``d`` features per split and leaves of >= 3 rows were chosen there.
 
 Example:
     >>> import numpy as np
@@ -25,7 +27,7 @@ Example:
     >>> x, y = load_iris(return_X_y=True)
     >>> y[:3] = 2  # three setosa rows labelled virginica
     >>> f = forest_margins(x, y, seed=0)
-    >>> bool((f[:3] < 0).all()), bool(np.median(f[3:]) > 0.9)
+    >>> bool((f[:3] < 0).all()), bool(np.median(f[3:]) > 0.8)
     (True, True)
 """
 
@@ -39,12 +41,24 @@ from lightning_dv.methods.aum.combine import aum_margins_in_row_order, with_seco
 from lightning_dv.methods.calibration import GATE_TOLERANCE
 from lightning_dv.values import DataValues
 
-__all__ = ["FOREST_TREES", "FOREST_WEIGHT", "forest_margins", "out_of_bag_margins", "with_forest"]
+__all__ = [
+    "FOREST_MAX_FEATURES",
+    "FOREST_MIN_LEAF",
+    "FOREST_TREES",
+    "FOREST_WEIGHT",
+    "forest_margins",
+    "out_of_bag_margins",
+    "with_forest",
+]
 
 #: Weight of the forest's margin in the sum (chosen on the selection seeds among 0.25-2).
 FOREST_WEIGHT = 0.5
 #: Trees in the forest (a row is out of bag for about 37% of them: ~110 votes).
 FOREST_TREES = 300
+#: Share of the features each split considers (1.0: all; chosen on the selection seeds among sqrt(d), 0.5, 1).
+FOREST_MAX_FEATURES = 1.0
+#: Fewest rows in a leaf (chosen on the selection seeds among 1, 3, 5, 10).
+FOREST_MIN_LEAF = 3
 
 
 def forest_margins(
@@ -54,6 +68,8 @@ def forest_margins(
     seed: int = 0,
     max_samples: int | float | None = None,
     n_jobs: int | None = None,
+    max_features: int | float | str | None = FOREST_MAX_FEATURES,
+    min_samples_leaf: int = FOREST_MIN_LEAF,
 ) -> np.ndarray:
     """Out-of-bag margin ``f_i`` of every row's label under an extremely randomised forest.
 
@@ -65,6 +81,7 @@ def forest_margins(
         max_samples: Rows drawn per tree (scikit-learn's meaning: a count or a fraction; None:
             ``N``). A cap such as ``100_000`` bounds each tree's cost on very large sets.
         n_jobs: Parallel jobs for scikit-learn (None: one).
+        max_features, min_samples_leaf: The trees' settings (scikit-learn's meaning).
 
     Returns:
         ``(N,)`` float64 margins in ``[-1, 1]``: HIGHER = the forest agrees more with the label.
@@ -77,7 +94,7 @@ def forest_margins(
     """
     from sklearn.ensemble import ExtraTreesClassifier
 
-    x = np.asarray(features, dtype=np.float64)
+    x = np.asarray(features, dtype=np.float32)  # what scikit-learn's trees split on: no float64 copy
     y = np.asarray(labels)
     if x.ndim != 2 or len(x) != len(y):
         raise ValueError(
@@ -94,6 +111,8 @@ def forest_margins(
         bootstrap=True,
         oob_score=True,
         max_samples=max_samples,
+        max_features=max_features,
+        min_samples_leaf=min_samples_leaf,
         random_state=seed,
         n_jobs=n_jobs,
     )
