@@ -158,3 +158,26 @@ def test_the_example_runs_and_the_forest_helps_on_moons():
     assert report["model_test_accuracy"] > 0.8
     assert report["aum_forest"]["auroc"] > report["aum"]["auroc"]
     assert report["aum_forest"]["flagged_f1"] > report["aum"]["flagged_f1"]
+
+
+def test_large_data_caps_the_rows_each_tree_draws(monkeypatch):
+    import lightning_dv.methods.aum.forest as forest_module
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(300, 3))
+    y = (x[:, 0] > 0).astype(int)
+    monkeypatch.setattr(forest_module, "FOREST_MAX_ROWS", 60)  # our own constant, not a library's
+    capped = forest_module.forest_margins(x, y, n_estimators=20, seed=4)
+    reference = ExtraTreesClassifier(
+        20,
+        bootstrap=True,
+        oob_score=True,
+        max_samples=60,
+        max_features=1.0,
+        min_samples_leaf=3,
+        random_state=4,
+    ).fit(x.astype(np.float32), y)
+    np.testing.assert_allclose(
+        capped, _brute_force_oob_margin(reference, x.astype(np.float32), y, 2), atol=1e-12
+    )
+    assert all(len(drawn) == 60 for drawn in reference.estimators_samples_)

@@ -59,6 +59,8 @@ FOREST_TREES = 300
 FOREST_MAX_FEATURES = 1.0
 #: Fewest rows in a leaf (chosen on the selection seeds among 1, 3, 5, 10).
 FOREST_MIN_LEAF = 3
+#: Rows drawn per tree when the data has more (bounds each tree's cost; every row stays out of bag for most trees).
+FOREST_MAX_ROWS = 100_000
 
 
 def forest_margins(
@@ -78,8 +80,9 @@ def forest_margins(
         labels: ``(N,)`` class labels (any sortable type).
         n_estimators: Trees; each row is scored by the ~37% whose bootstrap sample left it out.
         seed: Seed of the bootstrap samples and the random splits.
-        max_samples: Rows drawn per tree (scikit-learn's meaning: a count or a fraction; None:
-            ``N``). A cap such as ``100_000`` bounds each tree's cost on very large sets.
+        max_samples: Rows drawn per tree (scikit-learn's meaning: a count or a fraction). None:
+            ``N``, capped at ``FOREST_MAX_ROWS`` (100,000) so that a tree's cost stops growing
+            with the data; each row is then out of bag for even more of the trees.
         n_jobs: Parallel jobs for scikit-learn (None: one).
         max_features, min_samples_leaf: The trees' settings (scikit-learn's meaning).
 
@@ -106,6 +109,8 @@ def forest_margins(
         )
     if not np.isfinite(x).all():
         raise ValueError("`features` hold NaN or infinite values; impute or drop them before the forest.")
+    if max_samples is None and len(x) > FOREST_MAX_ROWS:
+        max_samples = FOREST_MAX_ROWS
     forest = ExtraTreesClassifier(
         n_estimators=int(n_estimators),
         bootstrap=True,
