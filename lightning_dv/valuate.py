@@ -203,7 +203,7 @@ def valuate(
                     method_kwargs,
                 )
             if forest:
-                dv = _with_forest(dv, x, codes, seed, method_kwargs)
+                dv = _with_forest(dv, x, codes, seed, progress, method_kwargs)
         elif method == "complexity_gap":
             dv = _complexity_gap(x, codes, seed, progress, meta, method_kwargs)
             columns = {}
@@ -450,7 +450,7 @@ def _cross_fit(
     )
 
 
-def _with_forest(dv, x, codes, seed, kwargs) -> DataValues:
+def _with_forest(dv, x, codes, seed, progress, kwargs) -> DataValues:
     """AUM's values combined with the out-of-bag margins of an extremely randomised forest."""
     from lightning_dv.methods.aum.forest import with_forest
     from lightning_dv.methods.calibration import GATE_TOLERANCE
@@ -462,6 +462,7 @@ def _with_forest(dv, x, codes, seed, kwargs) -> DataValues:
         seed=seed,
         gate=kwargs.get("gate", 0.0),
         gate_tolerance=kwargs.get("gate_tolerance", GATE_TOLERANCE),
+        progress=progress,
     )
 
 

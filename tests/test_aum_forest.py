@@ -115,14 +115,15 @@ def test_with_forest_refuses_what_it_cannot_combine():
         forest_margins(x, y[:10])
 
 
-def test_valuate_forest_flags_the_flipped_rows_and_checks_its_arguments():
+def test_valuate_forest_flags_the_flipped_rows_and_checks_its_arguments(capsys):
     rng = np.random.default_rng(1)
     y = np.arange(150) % 3
     x = rng.normal(size=(150, 2)) + 4.0 * np.eye(3)[y][:, :2]
     noisy = np.zeros(150, dtype=bool)
     noisy[rng.choice(150, 15, replace=False)] = True
     names = np.array(["a", "b", "c"])[np.where(noisy, (y + 1) % 3, y)]
-    values = valuate(x, names, method="aum", forest=True)
+    values = valuate(x, names, method="aum", forest=True, progress=True)
+    assert capsys.readouterr().out.count("forest: ") == 2  # start (rows, trees) and end (seconds)
     assert {"forest_margin", "aum_value", "aum_margin", "predicted_label"} <= set(values.columns)
     flagged = np.asarray(values.flagged)
     assert flagged[noisy].mean() >= 0.9 and flagged[~noisy].mean() <= 0.03

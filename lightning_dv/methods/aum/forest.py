@@ -33,6 +33,7 @@ Example:
 
 from __future__ import annotations
 
+import time
 import warnings
 
 import numpy as np
@@ -72,6 +73,7 @@ def forest_margins(
     n_jobs: int | None = None,
     max_features: int | float | str | None = FOREST_MAX_FEATURES,
     min_samples_leaf: int = FOREST_MIN_LEAF,
+    progress: bool = False,
 ) -> np.ndarray:
     """Out-of-bag margin ``f_i`` of every row's label under an extremely randomised forest.
 
@@ -85,6 +87,8 @@ def forest_margins(
             with the data; each row is then out of bag for even more of the trees.
         n_jobs: Parallel jobs for scikit-learn (None: one).
         max_features, min_samples_leaf: The trees' settings (scikit-learn's meaning).
+        progress: Print a line when the forest starts (rows, trees) and when it is done (seconds):
+            about 1 s at 10^3 rows, 1 min at 10^5, 3-4 min at 10^6 on one core (docs/valuate.md).
 
     Returns:
         ``(N,)`` float64 margins in ``[-1, 1]``: HIGHER = the forest agrees more with the label.
@@ -111,6 +115,12 @@ def forest_margins(
         raise ValueError("`features` hold NaN or infinite values; impute or drop them before the forest.")
     if max_samples is None and len(x) > FOREST_MAX_ROWS:
         max_samples = FOREST_MAX_ROWS
+    if progress:
+        print(
+            f"forest: growing {int(n_estimators)} extra trees on {len(x):,} rows x {x.shape[1]} features ...",
+            flush=True,
+        )
+    start = time.perf_counter()
     forest = ExtraTreesClassifier(
         n_estimators=int(n_estimators),
         bootstrap=True,
@@ -121,7 +131,10 @@ def forest_margins(
         random_state=seed,
         n_jobs=n_jobs,
     )
-    return out_of_bag_margins(forest, x, y)
+    margins = out_of_bag_margins(forest, x, y)
+    if progress:
+        print(f"forest: done in {time.perf_counter() - start:.1f} s", flush=True)
+    return margins
 
 
 def out_of_bag_margins(forest, features: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -164,6 +177,7 @@ def with_forest(
     gate_tolerance: float = GATE_TOLERANCE,
     max_samples: int | float | None = None,
     n_jobs: int | None = None,
+    progress: bool = False,
 ) -> DataValues:
     """AUM's ``values`` combined with :func:`forest_margins` of the same rows.
 
@@ -184,7 +198,7 @@ def with_forest(
         (5, True)
     """
     order, margin = aum_margins_in_row_order(values, len(np.asarray(labels)))
-    forest = forest_margins(features, labels, n_estimators, seed, max_samples, n_jobs)
+    forest = forest_margins(features, labels, n_estimators, seed, max_samples, n_jobs, progress=progress)
     return with_second_opinion(
         values,
         order,
