@@ -372,25 +372,6 @@ def _with_out_of_fold(split: Split, seed: int, values: DataValues) -> DataValues
         )
 
 
-@register(
-    "aum_oof",
-    kind="project",
-    description="`aum` combined with out-of-fold margins: + 5 fits of the same MLP on 4 folds, each stopped "
-    "at its best held-out loss (patience 10, <= 60 epochs); value = calibrated a/s_a + 0.5 o/s_o",
-)
-def _aum_oof(split: Split, seed: int) -> DataValues:
-    return _with_out_of_fold(split, seed, _aum(split, seed))
-
-
-@register(
-    "aum_val_oof",
-    kind="project",
-    description="`aum_val` combined with out-of-fold margins as `aum_oof`",
-)
-def _aum_val_oof(split: Split, seed: int) -> DataValues:
-    return _with_out_of_fold(split, seed, _aum_val(split, seed))
-
-
 def _with_forest(split: Split, seed: int, values: DataValues) -> DataValues:
     """``values`` of an AUM fit combined with the out-of-bag margins of an extra-trees forest."""
     from lightning_dv.methods.aum.forest import with_forest
@@ -398,23 +379,36 @@ def _with_forest(split: Split, seed: int, values: DataValues) -> DataValues:
     return with_forest(values, split.x_train, split.y_train, seed=seed)
 
 
-@register(
-    "aum_forest",
-    kind="project",
-    description="`aum` combined with an extra-trees forest's out-of-bag margin (300 trees on the features); "
-    "value = calibrated a/s_a + 0.5 f/s_f",
-)
-def _aum_forest(split: Split, seed: int) -> DataValues:
-    return _with_forest(split, seed, _aum(split, seed))
+def _with_second_opinion(split: Split, seed: int, base: MethodFn, opinion: Callable) -> DataValues:
+    """The AUM entry ``base`` on the split, its values combined with ``opinion``'s margins."""
+    return opinion(split, seed, base(split, seed))
 
 
-@register(
-    "aum_val_forest",
-    kind="project",
-    description="`aum_val` combined with the forest's out-of-bag margin as `aum_forest`",
-)
-def _aum_val_forest(split: Split, seed: int) -> DataValues:
-    return _with_forest(split, seed, _aum_val(split, seed))
+#: AUM's second opinions in the benchmark: name -> (description, AUM entry, opinion).
+SECOND_OPINIONS: dict[str, tuple[str, MethodFn, Callable]] = {
+    "aum_oof": (
+        "`aum` combined with out-of-fold margins: + 5 fits of the same MLP on 4 folds, each stopped "
+        "at its best held-out loss (patience 10, <= 60 epochs); value = calibrated a/s_a + 0.5 o/s_o",
+        _aum,
+        _with_out_of_fold,
+    ),
+    "aum_val_oof": ("`aum_val` combined with out-of-fold margins as `aum_oof`", _aum_val, _with_out_of_fold),
+    "aum_forest": (
+        "`aum` combined with an extra-trees forest's out-of-bag margin (300 trees on the features); "
+        "value = calibrated a/s_a + 0.5 f/s_f",
+        _aum,
+        _with_forest,
+    ),
+    "aum_val_forest": (
+        "`aum_val` combined with the forest's out-of-bag margin as `aum_forest`",
+        _aum_val,
+        _with_forest,
+    ),
+}
+for _name, (_description, _base, _opinion) in SECOND_OPINIONS.items():
+    register(_name, kind="project", description=_description)(
+        functools.partial(_with_second_opinion, base=_base, opinion=_opinion)
+    )
 
 
 @register("aum_paper", description="the paper's AUM: raw mean margin over all 30 epochs, MLP(64)")
