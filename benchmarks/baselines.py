@@ -272,6 +272,23 @@ def forest_oob(
     return DataValues(margin, method=f"{kind}_oob", metadata={"trees": n_estimators, "model": kind})
 
 
+def mixture_oof(x: np.ndarray, y: np.ndarray, seed: int = 0) -> DataValues:
+    """Value = cross-fitted margin of the label under mixture discriminant analysis (5 folds).
+
+    The mixture that ``aum_auto`` may add to AUM
+    (:func:`lightning_dv.methods.aum.mixture.mixture_margins`), alone.
+
+    Example:
+        >>> x = np.r_[np.zeros((15, 1)), np.ones((15, 1))] + np.linspace(0, 0.1, 30)[:, None]
+        >>> y = np.r_[np.zeros(15), np.ones(15)].astype(int); y[0] = 1
+        >>> int(mixture_oof(x, y).lowest(1).index[0])
+        0
+    """
+    from lightning_dv.methods.aum.mixture import mixture_margins
+
+    return DataValues(mixture_margins(x, _labels(y), seed=seed), method="mixture_oof", metadata={"folds": 5})
+
+
 def cleanlab_label_quality(
     x: np.ndarray, y: np.ndarray, num_classes: int | None = None, folds: int = 5, seed: int = 0
 ) -> DataValues:

@@ -181,6 +181,14 @@ def _random_forest_oob(split: Split, seed: int) -> DataValues:
     return baselines.forest_oob(split.x_train, split.y_train, "random_forest", seed=seed)
 
 
+@register(
+    "mixture_oof",
+    description="mixture discriminant analysis' cross-fitted label margin (the mixture `aum_auto` may add, alone)",
+)
+def _mixture_oof(split: Split, seed: int) -> DataValues:
+    return baselines.mixture_oof(split.x_train, split.y_train, seed=seed)
+
+
 @register("cleanlab", description="cleanlab label-quality score (optional: pip install cleanlab)")
 def _cleanlab(split: Split, seed: int) -> DataValues:
     return baselines.cleanlab_label_quality(split.x_train, split.y_train, split.num_classes, seed=seed)
@@ -379,6 +387,13 @@ def _with_forest(split: Split, seed: int, values: DataValues) -> DataValues:
     return with_forest(values, split.x_train, split.y_train, seed=seed)
 
 
+def _with_forest_or_mixture(split: Split, seed: int, values: DataValues) -> DataValues:
+    """``values`` of an AUM fit combined with the forest's or the mixture's margins, whichever fits the labels better."""
+    from lightning_dv.methods.aum.forest import with_forest
+
+    return with_forest(values, split.x_train, split.y_train, seed=seed, opinion="auto")
+
+
 def _with_second_opinion(split: Split, seed: int, base: MethodFn, opinion: Callable) -> DataValues:
     """The AUM entry ``base`` on the split, its values combined with ``opinion``'s margins."""
     return opinion(split, seed, base(split, seed))
@@ -403,6 +418,17 @@ SECOND_OPINIONS: dict[str, tuple[str, MethodFn, Callable]] = {
         "`aum_val` combined with the forest's out-of-bag margin as `aum_forest`",
         _aum_val,
         _with_forest,
+    ),
+    "aum_auto": (
+        "`aum` combined as `aum_forest` with the forest's margin or a cross-fitted mixture "
+        "discriminant analysis', whichever has the lower Brier score on the labels (`opinion='auto'`)",
+        _aum,
+        _with_forest_or_mixture,
+    ),
+    "aum_val_auto": (
+        "`aum_val` combined with the forest's or the mixture's margin as `aum_auto`",
+        _aum_val,
+        _with_forest_or_mixture,
     ),
 }
 for _name, (_description, _base, _opinion) in SECOND_OPINIONS.items():

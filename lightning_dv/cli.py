@@ -69,6 +69,13 @@ def _parser() -> argparse.ArgumentParser:
         help="AUM only: add an extra-trees forest's out-of-bag opinion on every label (about 1 s per 1000 rows; "
         "benchmarks/README.md 2f)",
     )
+    value.add_argument(
+        "--opinion",
+        choices=("forest", "auto"),
+        default=None,
+        help="AUM only: 'forest' is --forest; 'auto' adds the forest's or a Gaussian-mixture classifier's "
+        "opinion, whichever predicts the labels better (benchmarks/README.md 2g)",
+    )
     value.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     demo = sub.add_parser(
@@ -149,8 +156,11 @@ def run_value(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     if args.epochs is not None and args.epochs < 1:
         return fail(f"--epochs must be >= 1; got {args.epochs}")
-    if args.forest and args.method != "aum":
-        return fail(f"--forest adds a second opinion to AUM; it does not apply to --method {args.method}.")
+    for flag, given in (("--forest", args.forest), (f"--opinion {args.opinion}", args.opinion)):
+        if given and args.method != "aum":
+            return fail(f"{flag} adds a second opinion to AUM; it does not apply to --method {args.method}.")
+    if args.forest and args.opinion == "auto":
+        return fail("--forest and --opinion auto ask for two different second opinions; give one.")
     out = Path(args.out) if args.out else Path(args.data).with_name(Path(args.data).stem + "_values.csv")
     try:
         from lightning_dv.io import check_export_path
@@ -192,7 +202,7 @@ def run_value(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             seed=args.seed,
             ids=ids,
             progress=not args.no_progress,
-            forest=args.forest,
+            forest="auto" if args.opinion == "auto" else args.forest or args.opinion == "forest",
         )
     except InputError as err:
         return fail(str(err))

@@ -48,7 +48,7 @@ def valuate(
     progress: bool = False,
     trainer_kwargs: dict[str, Any] | None = None,
     folds: int | None = None,
-    forest: bool = False,
+    forest: bool | str = False,
     **method_kwargs: Any,
 ) -> DataValues:
     """Value every row of ``(features, labels)``: HIGHER = MORE VALUABLE, low rows are flagged.
@@ -100,6 +100,9 @@ def valuate(
             extremely randomised forest grown on the features (300 trees;
             :mod:`lightning_dv.methods.aum.forest`; columns ``forest_margin``, ``aum_value``).
             About 1 s more at 1000 rows; measured gain: benchmarks/README.md 2f. Not with ``folds``.
+            ``"auto"``: also fit a cross-fitted Gaussian-mixture classifier and use whichever of the
+            two predicts the labels better (lower Brier score; :mod:`lightning_dv.methods.aum.mixture`,
+            ``metadata["opinion"]``); measured gain: benchmarks/README.md 2g.
         **method_kwargs: Passed to the method (``NDDV(...)``, ``LossVal(...)``, ``AUM(...)``,
             ``complexity_gap(...)`` or ``EcoVal(...)``). ``monitor="val_loss"`` with ``"aum"``
             and ``validation`` runs AUM's window on from 10 up to 30 epochs while the loss on
@@ -202,8 +205,9 @@ def valuate(
                     trainer_kwargs,
                     method_kwargs,
                 )
-            if forest:
-                dv = _with_forest(dv, x, codes, seed, progress, method_kwargs)
+            if forest is not False:
+                opinion = "auto" if forest == "auto" else "forest"
+                dv = _with_forest(dv, x, codes, seed, progress, opinion, method_kwargs)
         elif method == "complexity_gap":
             dv = _complexity_gap(x, codes, seed, progress, meta, method_kwargs)
             columns = {}
@@ -450,8 +454,8 @@ def _cross_fit(
     )
 
 
-def _with_forest(dv, x, codes, seed, progress, kwargs) -> DataValues:
-    """AUM's values combined with the out-of-bag margins of an extremely randomised forest."""
+def _with_forest(dv, x, codes, seed, progress, opinion, kwargs) -> DataValues:
+    """AUM's values combined with the out-of-bag margins of an extremely randomised forest (or a mixture's)."""
     from lightning_dv.methods.aum.forest import with_forest
     from lightning_dv.methods.calibration import GATE_TOLERANCE
 
@@ -463,6 +467,7 @@ def _with_forest(dv, x, codes, seed, progress, kwargs) -> DataValues:
         gate=kwargs.get("gate", 0.0),
         gate_tolerance=kwargs.get("gate_tolerance", GATE_TOLERANCE),
         progress=progress,
+        opinion=opinion,
     )
 
 

@@ -131,7 +131,7 @@ def test_valuate_forest_flags_the_flipped_rows_and_checks_its_arguments(capsys):
         valuate(x, names, method="nddv", forest=True)
     with pytest.raises(ValueError, match="pick one"):
         valuate(x, names, method="aum", forest=True, folds=5)
-    with pytest.raises(ValueError, match="`forest` must be True or False"):
+    with pytest.raises(ValueError, match="`forest` must be True, False or .auto."):
         valuate(x, names, method="aum", forest="yes")
     with pytest.raises(ValueError, match="leave AUM's `calibration`"):
         valuate(x, names, method="aum", forest=True, calibration="none")

@@ -128,6 +128,12 @@ def test_value_end_to_end_on_a_csv_with_string_labels_and_ids(tmp_path, capsys):
         ("few", ["--label", "animal", "--id", "key"], "only 5 rows"),
         ("one_class", ["--label", "animal", "--id", "key"], "same label ('cat')"),
         (None, ["--label", "animal", "--method", "nddv", "--forest"], "does not apply to --method nddv"),
+        (
+            None,
+            ["--label", "animal", "--method", "lossval", "--opinion", "auto"],
+            "--opinion auto adds a second",
+        ),
+        (None, ["--label", "animal", "--forest", "--opinion", "auto"], "give one"),
     ],
 )
 def test_value_errors_name_the_problem(tmp_path, capsys, edit, args, message):

@@ -74,9 +74,9 @@ def check_second_opinion(method: str, folds: object, forest: object, calibration
         ...
         ValueError: `forest=True` adds a second opinion to AUM's margins; it is not available with method='nddv'. Use method='aum' or leave `forest` unset.
     """
-    if not isinstance(forest, bool):
-        raise ValueError(f"`forest` must be True or False; got {forest!r}.")
-    for name, given in ((f"folds={folds}", folds is not None), ("forest=True", forest)):
+    if not (isinstance(forest, bool) or forest == "auto"):
+        raise ValueError(f"`forest` must be True, False or 'auto'; got {forest!r}.")
+    for name, given in ((f"folds={folds}", folds is not None), (f"forest={forest!r}", forest is not False)):
         if given and method != "aum":
             raise ValueError(
                 f"`{name}` adds a second opinion to AUM's margins; it is not available with "
@@ -84,9 +84,9 @@ def check_second_opinion(method: str, folds: object, forest: object, calibration
             )
         if given and calibration != "robust":
             raise ValueError(f"`{name}` combines calibrated margins: leave AUM's `calibration` at 'robust'.")
-    if forest and folds is not None:
+    if forest is not False and folds is not None:
         raise ValueError(
-            "`forest=True` and `folds=` are two second opinions for AUM; pick one (forest=True costs "
+            f"`forest={forest!r}` and `folds=` are two second opinions for AUM; pick one (forest=True costs "
             "less and measured better: benchmarks/README.md 2f)."
         )
 
