@@ -421,7 +421,7 @@ SECOND_OPINIONS: dict[str, tuple[str, MethodFn, Callable]] = {
     ),
     "aum_auto": (
         "`aum` combined as `aum_forest` with the forest's margin or a cross-fitted mixture "
-        "discriminant analysis', whichever has the lower Brier score on the labels (`opinion='auto'`)",
+        "discriminant analysis', whichever misclassifies fewer labels out of sample (`opinion='auto'`)",
         _aum,
         _with_forest_or_mixture,
     ),

@@ -3,9 +3,11 @@
 The callback keeps a few bytes per row and no features, so the forest runs after the fit on the
 rows the model trained on: `with_forest(valuation.values, x_train, y_train)`. On `moons` (two
 informative features among ten, a curved boundary) the forest finds what a small network learns
-slowly in its first epochs (benchmarks/README.md, section 2f).
+slowly in its first epochs (benchmarks/README.md, section 2f). `opinion="auto"` also fits a
+Gaussian-mixture classifier and keeps whichever of the two predicts the labels better (section 2g):
+on `moons` that is the forest, on `overlap` (classes made of Gaussian clusters) the mixture.
 
-Run: python examples/aum_forest.py   (about 10 s on a laptop CPU)
+Run: python examples/aum_forest.py [moons|overlap|...]   (about 10 s on a laptop CPU)
 """
 
 import lightning as L
@@ -56,10 +58,11 @@ def main(dataset: str = "moons", noise: float = 0.1, epochs: int = 10, seed: int
 
     aum = valuation.values
     both = with_forest(aum, split.x_train, split.y_train, seed=seed)  # row i = dataset row i
+    auto = with_forest(aum, split.x_train, split.y_train, seed=seed, opinion="auto")
     with torch.no_grad():
         accuracy = float((model(torch.from_numpy(split.x_test)).argmax(1).numpy() == split.y_test).mean())
-    report = {"model_test_accuracy": accuracy}
-    for name, values in (("aum", aum.sorted_by_row()), ("aum_forest", both)):
+    report = {"model_test_accuracy": accuracy, "auto_opinion": auto.metadata["opinion"]}
+    for name, values in (("aum", aum.sorted_by_row()), ("aum_forest", both), ("aum_auto", auto)):
         report[name] = {
             "auroc": detection_auroc(values.values, split.noisy),
             "flagged": int(values.flagged.sum()),
@@ -69,9 +72,12 @@ def main(dataset: str = "moons", noise: float = 0.1, epochs: int = 10, seed: int
 
 
 if __name__ == "__main__":
-    report = main()
+    import sys
+
+    report = main(*sys.argv[1:2])
     print(f"model test accuracy {report['model_test_accuracy']:.3f} (the forest never touches training)")
-    for name in ("aum", "aum_forest"):
+    print(f"opinion='auto' chose the {report['auto_opinion']}")
+    for name in ("aum", "aum_forest", "aum_auto"):
         r = report[name]
         print(
             f"{name:>10}: AUROC {r['auroc']:.3f}, flagged {r['flagged']} rows, flagged-F1 {r['flagged_f1']:.3f}"

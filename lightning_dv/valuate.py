@@ -101,7 +101,7 @@ def valuate(
             :mod:`lightning_dv.methods.aum.forest`; columns ``forest_margin``, ``aum_value``).
             About 1 s more at 1000 rows; measured gain: benchmarks/README.md 2f. Not with ``folds``.
             ``"auto"``: also fit a cross-fitted Gaussian-mixture classifier and use whichever of the
-            two predicts the labels better (lower Brier score; :mod:`lightning_dv.methods.aum.mixture`,
+            two predicts the labels better (lower out-of-sample error; :mod:`lightning_dv.methods.aum.mixture`,
             ``metadata["opinion"]``); measured gain: benchmarks/README.md 2g.
         **method_kwargs: Passed to the method (``NDDV(...)``, ``LossVal(...)``, ``AUM(...)``,
             ``complexity_gap(...)`` or ``EcoVal(...)``). ``monitor="val_loss"`` with ``"aum"``

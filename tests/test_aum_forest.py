@@ -159,6 +159,9 @@ def test_the_example_runs_and_the_forest_helps_on_moons():
     assert report["model_test_accuracy"] > 0.8
     assert report["aum_forest"]["auroc"] > report["aum"]["auroc"]
     assert report["aum_forest"]["flagged_f1"] > report["aum"]["flagged_f1"]
+    assert (
+        report["auto_opinion"] == "forest" and report["aum_auto"] == report["aum_forest"]
+    )  # trees fit moons better
 
 
 def test_large_data_caps_the_rows_each_tree_draws(monkeypatch):

@@ -1,4 +1,4 @@
-"""The mixture's second opinion and the choice by Brier score (lightning_dv.methods.aum.mixture): real
+"""The mixture's second opinion and the choice by out-of-sample error (lightning_dv.methods.aum.mixture): real
 scikit-learn mixtures against a closed-form Gaussian posterior, real fits."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from lightning_dv.methods.aum.combine import combine_margins
 from lightning_dv.methods.aum.forest import forest_margins, with_forest
 from lightning_dv.methods.aum.mixture import (
     MIXTURE_MAX_FEATURES,
-    brier_score,
+    error_rate,
     label_margins,
     mixture_margins,
     mixture_proba,
@@ -56,13 +56,12 @@ def test_one_component_per_class_is_the_closed_form_gaussian_posterior_fold_by_f
     assert margins.shape == (180,) and ((margins >= -1) & (margins <= 1)).all()
 
 
-def test_label_margins_and_brier_score_follow_the_sorted_classes():
-    proba = np.array([[0.6, 0.3, 0.1], [0.2, 0.2, 0.6]])
+def test_label_margins_and_error_rate_follow_the_sorted_classes():
+    proba = np.array([[0.6, 0.3, 0.1], [0.2, 0.2, 0.6], [0.1, 0.8, 0.1]])
     classes = np.array(["a", "b", "c"])
-    labels = np.array(["b", "c"])
-    np.testing.assert_allclose(label_margins(proba, classes, labels), [0.3 - 0.6, 0.6 - 0.2])
-    expected = ((0.6**2 + 0.7**2 + 0.1**2) + (0.2**2 + 0.2**2 + 0.4**2)) / 2
-    assert brier_score(proba, classes, labels) == pytest.approx(expected)
+    labels = np.array(["b", "c", "b"])
+    np.testing.assert_allclose(label_margins(proba, classes, labels), [0.3 - 0.6, 0.6 - 0.2, 0.8 - 0.1])
+    assert error_rate(proba, classes, labels) == pytest.approx(1 / 3)  # row 0 is predicted "a"
 
 
 def test_select_opinion_takes_the_mixture_on_clusters_and_the_forest_on_boxes(capsys):
@@ -75,9 +74,9 @@ def test_select_opinion_takes_the_mixture_on_clusters_and_the_forest_on_boxes(ca
     proba, classes, scored = _forest(x, y)
     margins, why = select_opinion(x, y, proba, classes, scored, seed=0, progress=True)
     mixture, _ = mixture_proba(x, y, seed=0)
-    assert why["opinion"] == "mixture" and why["mixture_brier"] < why["forest_brier"]
-    assert why["forest_brier"] == pytest.approx(brier_score(proba, classes, y))
-    assert why["mixture_brier"] == pytest.approx(brier_score(mixture, classes, y))
+    assert why["opinion"] == "mixture" and why["mixture_error"] < why["forest_error"]
+    assert why["forest_error"] == pytest.approx(np.mean(classes[proba.argmax(1)] != y))
+    assert why["mixture_error"] == pytest.approx(np.mean(classes[mixture.argmax(1)] != y))
     np.testing.assert_allclose(margins, label_margins(mixture, classes, y))
     assert detection_auroc(margins, flip) > detection_auroc(label_margins(proba, classes, y), flip)
     assert "-> the mixture's opinion" in capsys.readouterr().out
@@ -85,7 +84,7 @@ def test_select_opinion_takes_the_mixture_on_clusters_and_the_forest_on_boxes(ca
     u = np.random.default_rng(1).uniform(0, 4, size=(1200, 2))
     boxes = (np.floor(u[:, 0]) + np.floor(u[:, 1])).astype(int) % 2
     margins, why = select_opinion(u, boxes, *_forest(u, boxes), seed=0)
-    assert margins is None and why["opinion"] == "forest" and why["forest_brier"] < why["mixture_brier"]
+    assert margins is None and why["opinion"] == "forest" and why["forest_error"] < why["mixture_error"]
 
 
 def _forest(x, y):
@@ -126,7 +125,7 @@ def test_auto_refuses_bad_input_and_keeps_the_forest_above_the_feature_limit(cap
     with pytest.raises(ValueError, match="NaN or infinite"):
         mixture_proba(np.where(np.eye(60, 2) > 0, np.inf, x), y)
     values = with_forest(aum_like, wide, y, n_estimators=20, opinion="auto", progress=True)
-    assert values.metadata["opinion"] == "forest" and np.isnan(values.metadata["mixture_brier"])
+    assert values.metadata["opinion"] == "forest" and np.isnan(values.metadata["mixture_error"])
     assert "mixture_margin" not in values.columns
     assert f"skipped ({MIXTURE_MAX_FEATURES + 1} features" in capsys.readouterr().out
 
@@ -149,8 +148,8 @@ def test_valuate_and_the_cli_pass_auto_through(tmp_path, capsys):
     names = np.array(["no", "yes"])[y]
     values = valuate(x, names, method="aum", forest="auto", progress=True)
     out = capsys.readouterr().out
-    assert "forest: done" in out and "Brier on the labels" in out
-    assert values.metadata["opinion"] in ("forest", "mixture") and values.metadata["forest_brier"] > 0
+    assert "forest: done" in out and "error on the labels" in out
+    assert values.metadata["opinion"] in ("forest", "mixture") and values.metadata["forest_error"] > 0
     assert detection_auroc(values.values, flip) > 0.85
     import pandas as pd
 

@@ -207,8 +207,8 @@ def with_forest(
 
     ``opinion="auto"`` also fits mixture discriminant analysis (cross-fitted, 5 folds;
     :mod:`~lightning_dv.methods.aum.mixture`) and adds whichever of the two predicts ``labels``
-    better out of sample (lower Brier score; column ``mixture_margin``, metadata ``opinion``,
-    ``forest_brier``, ``mixture_brier``). It measured better than the forest alone where classes are
+    better out of sample (fewer rows whose predicted class is not their label; column
+    ``mixture_margin``, metadata ``opinion``, ``forest_error``, ``mixture_error``). It measured better than the forest alone where classes are
     clusters and chose the forest on every real dataset of the selection seeds (benchmarks/README.md,
     section 2g); about 1-2 s more per 1000 rows.
 

@@ -1,6 +1,6 @@
 """Read of collect_select.py (session 8): `aum_val` + 0.5 x the margin of ONE learner per split, the
 learner picked by its out-of-sample fit to the noisy labels (log-loss with probabilities clipped at
-1e-3, or Brier), from several pools; against the kept forest and against the per-split best pick
+1e-3, Brier, or the error rate), from several pools; against the kept forest and against the per-split best pick
 known only to an oracle (how much any selection rule could gain).
 
 usage: python an_select.py PA.pkl PB.pkl   (run from the worktree root; also reads /tmp/s7/{A,B}.pkl)
@@ -29,8 +29,13 @@ def brier(p, y):
     return float(((p - t) ** 2).sum(1).mean())
 
 
+def error(p, y):
+    return float((p.argmax(1) != y).mean())
+
+
 POOLS = {
     "et+mda": ("et", "mda"),
+    "et+mda+logit": ("et", "mda", "logit"),
     "et+mda+svm": ("et", "mda", "svm"),
     "all5": ("et", "mda", "svm", "logit", "knn"),
 }
@@ -52,7 +57,7 @@ if __name__ == "__main__":
         summed = {n: cal(ua + 0.5 * unit(m)) for n, m in marg.items()}
         cands = {f"val+0.5{n}": v for n, v in summed.items()}
         for pool_name, pool in POOLS.items():
-            for crit_name, crit in (("logloss", logloss), ("brier", brier)):
+            for crit_name, crit in (("logloss", logloss), ("brier", brier), ("error", error)):
                 best = min(pool, key=lambda n: crit(g["p"][n], y))
                 picks[f"{pool_name} {crit_name}"][(d, best)] += 1
                 cands[f"pick {pool_name} by {crit_name}"] = summed[best]
@@ -72,11 +77,11 @@ if __name__ == "__main__":
                 for sets in (EIGHT, OUTSIDE)
             ),
         )
-    for rule in ("et+mda logloss", "et+mda brier", "et+mda+svm brier"):
+    for rule in ("et+mda logloss", "et+mda brier", "et+mda error", "et+mda+logit error", "all5 error"):
         print("picks,", rule)
         for ds in EIGHT + OUTSIDE:
             print(f"  {ds:15s}", {n: c for (dd, n), c in picks[rule].items() if dd == ds})
-    show = ["val+0.5et", "pick et+mda by brier", "pick et+mda+svm by brier", "oracle pick et+mda (AUROC)"]
+    show = ["val+0.5et", "pick et+mda by error", "pick et+mda+logit by error", "pick all5 by error"]
     for rate in ("0.1", "0.2"):
         print("per set, rate", rate, show)
         for ds in EIGHT + OUTSIDE:
