@@ -56,7 +56,9 @@ if __name__ == "__main__":
         print(
             f"{n:24s}",
             " | ".join(
-                "{:.3f} / {:.3f}".format(*col(sc, n, rate, sets)) for rate in ("0.1", "0.2") for sets in (EIGHT, OUTSIDE)
+                "{:.3f} / {:.3f}".format(*col(sc, n, rate, sets))
+                for rate in ("0.1", "0.2")
+                for sets in (EIGHT, OUTSIDE)
             ),
         )
     for n in ("et+mda z=1.0", "et+mda+logit z=1.0", "et+mda+logit z=2.0"):
