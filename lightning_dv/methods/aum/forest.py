@@ -208,9 +208,10 @@ def with_forest(
     ``opinion="auto"`` also fits mixture discriminant analysis (cross-fitted, 5 folds;
     :mod:`~lightning_dv.methods.aum.mixture`) and adds whichever of the two predicts ``labels``
     better out of sample (fewer rows whose predicted class is not their label; column
-    ``mixture_margin``, metadata ``opinion``, ``forest_error``, ``mixture_error``). It measured better than the forest alone where classes are
-    clusters and chose the forest on every real dataset of the selection seeds (benchmarks/README.md,
-    section 2g); about 1-2 s more per 1000 rows.
+    ``mixture_margin`` when the mixture is used, metadata ``opinion``, ``forest_error``,
+    ``mixture_error``). It measured better than the forest alone where classes are clusters and
+    chose the forest on every real dataset of the selection seeds (benchmarks/README.md, section
+    2g); about 1.5 s more per 1000 rows.
 
     After a ``DataValuation(AUM())`` fit, pass ``callback.values`` with the features and labels
     the model trained on; the example uses :func:`~lightning_dv.valuate`, which runs that fit.

@@ -13,10 +13,11 @@ Which opinion AUM gets (:func:`select_opinion`): the one that misclassifies fewe
 own labels out of sample, ``e = mean_i [argmax_k p_k(i) != y_i]`` (ties: the forest). Why: when a
 share ``eta`` of the labels is flipped uniformly at random, the error on the given labels is
 ``eta + (1 - eta K / (K - 1)) * clean error`` for ``K`` classes, an increasing function of the
-error on the clean labels while ``eta < (K - 1) / K``, so the opinion that fits the given labels better also models the clean
-structure better, whatever ``eta``. On the selection seeds it kept the forest on every real dataset and took
-the mixture where classes are clusters; ranking by Brier score or log-loss instead chose the forest
-on make_classification at 20% noise and lost there (benchmarks/README.md, section 2g).
+error on the clean labels while ``eta < (K - 1) / K``, so the opinion that fits the given labels
+better also models the clean structure better, whatever ``eta``. On the selection seeds it kept
+the forest on every real dataset and took the mixture where classes are clusters; ranking by
+Brier score or log-loss instead chose the forest on make_classification at 20% noise and lost
+there (benchmarks/README.md, section 2g).
 
 Example:
     >>> import numpy as np
