@@ -380,18 +380,12 @@ def _with_out_of_fold(split: Split, seed: int, values: DataValues) -> DataValues
         )
 
 
-def _with_forest(split: Split, seed: int, values: DataValues) -> DataValues:
-    """``values`` of an AUM fit combined with the out-of-bag margins of an extra-trees forest."""
+def _with_forest(split: Split, seed: int, values: DataValues, opinion: str = "forest") -> DataValues:
+    """``values`` of an AUM fit combined with the out-of-bag margins of an extra-trees forest
+    (``opinion="auto"``: or of a mixture, whichever misclassifies fewer labels out of sample)."""
     from lightning_dv.methods.aum.forest import with_forest
 
-    return with_forest(values, split.x_train, split.y_train, seed=seed)
-
-
-def _with_forest_or_mixture(split: Split, seed: int, values: DataValues) -> DataValues:
-    """``values`` of an AUM fit combined with the forest's or the mixture's margins, whichever fits the labels better."""
-    from lightning_dv.methods.aum.forest import with_forest
-
-    return with_forest(values, split.x_train, split.y_train, seed=seed, opinion="auto")
+    return with_forest(values, split.x_train, split.y_train, seed=seed, opinion=opinion)
 
 
 def _with_second_opinion(split: Split, seed: int, base: MethodFn, opinion: Callable) -> DataValues:
@@ -423,12 +417,12 @@ SECOND_OPINIONS: dict[str, tuple[str, MethodFn, Callable]] = {
         "`aum` combined as `aum_forest` with the forest's margin or a cross-fitted mixture "
         "discriminant analysis', whichever misclassifies fewer labels out of sample (`opinion='auto'`)",
         _aum,
-        _with_forest_or_mixture,
+        functools.partial(_with_forest, opinion="auto"),
     ),
     "aum_val_auto": (
         "`aum_val` combined with the forest's or the mixture's margin as `aum_auto`",
         _aum_val,
-        _with_forest_or_mixture,
+        functools.partial(_with_forest, opinion="auto"),
     ),
 }
 for _name, (_description, _base, _opinion) in SECOND_OPINIONS.items():
