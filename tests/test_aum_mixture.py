@@ -12,12 +12,11 @@ from sklearn.model_selection import StratifiedKFold
 
 from benchmarks import baselines
 from lightning_dv.datasets import make_split
-from lightning_dv.methods.aum.combine import combine_margins
+from lightning_dv.methods.aum.combine import combine_margins, label_margins
 from lightning_dv.methods.aum.forest import forest_margins, with_forest
 from lightning_dv.methods.aum.mixture import (
     MIXTURE_MAX_FEATURES,
     error_rate,
-    label_margins,
     mixture_margins,
     mixture_proba,
     select_opinion,

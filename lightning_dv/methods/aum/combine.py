@@ -134,3 +134,18 @@ def with_second_opinion(
     return DataValues(
         combined.numpy(), method=values.method, columns=out, metadata=dict(values.metadata, **metadata)
     )
+
+
+def label_margins(proba: np.ndarray, classes: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``p_y - max_{k != y} p_k`` per row from ``(N, K)`` probabilities whose columns follow ``classes``.
+
+    Example:
+        >>> label_margins(np.array([[0.7, 0.3], [0.2, 0.8]]), np.array(["a", "b"]), np.array(["a", "a"])).round(2).tolist()
+        [0.4, -0.6]
+    """
+    p = np.array(proba, dtype=np.float64)
+    rows = np.arange(len(p))
+    own = np.searchsorted(classes, np.asarray(labels))
+    label = p[rows, own].copy()
+    p[rows, own] = -np.inf
+    return label - p.max(1) if p.shape[1] > 1 else label

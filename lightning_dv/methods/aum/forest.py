@@ -39,8 +39,8 @@ import warnings
 import numpy as np
 
 from lightning_dv._validation import check_choice
-from lightning_dv.methods.aum.combine import aum_margins_in_row_order, with_second_opinion
-from lightning_dv.methods.aum.mixture import label_margins, select_opinion
+from lightning_dv.methods.aum.combine import aum_margins_in_row_order, label_margins, with_second_opinion
+from lightning_dv.methods.aum.mixture import select_opinion
 from lightning_dv.methods.calibration import GATE_TOLERANCE
 from lightning_dv.values import DataValues
 
@@ -103,10 +103,20 @@ def forest_margins(
         >>> bool(forest_margins(x, y, n_estimators=50)[0] < 0)
         True
     """
-    proba, classes, scored = _forest_proba(
-        features, labels, n_estimators, seed, max_samples, n_jobs, max_features, min_samples_leaf, progress
+    return _scored_margins(
+        *_forest_proba(
+            features,
+            labels,
+            n_estimators,
+            seed,
+            max_samples,
+            n_jobs,
+            max_features,
+            min_samples_leaf,
+            progress,
+        ),
+        labels,
     )
-    return np.where(scored, label_margins(proba, classes, labels), 0.0)
 
 
 def _forest_proba(
@@ -164,8 +174,7 @@ def out_of_bag_margins(forest, features: np.ndarray, labels: np.ndarray) -> np.n
         >>> bool(m[0] < 0 < m[1])
         True
     """
-    proba, classes, scored = out_of_bag_proba(forest, features, labels)
-    return np.where(scored, label_margins(proba, classes, labels), 0.0)
+    return _scored_margins(*out_of_bag_proba(forest, features, labels), labels)
 
 
 def out_of_bag_proba(
@@ -183,6 +192,11 @@ def out_of_bag_proba(
     scored = np.isfinite(proba).all(1)
     proba[~scored] = 0.0
     return proba, forest.classes_, scored
+
+
+def _scored_margins(proba, classes, scored, labels) -> np.ndarray:
+    """Each label's out-of-bag margin; 0 ("undecided") for rows no tree left out."""
+    return np.where(scored, label_margins(proba, classes, labels), 0.0)
 
 
 def with_forest(
@@ -238,7 +252,7 @@ def with_forest(
         FOREST_MIN_LEAF,
         progress,
     )
-    forest = np.where(scored, label_margins(proba, classes, labels), 0.0)
+    forest = _scored_margins(proba, classes, scored, labels)
     columns = {"forest_margin": forest}
     metadata = {"forest_weight": float(weight), "forest_trees": int(n_estimators), "opinion": "forest"}
     held_out = forest

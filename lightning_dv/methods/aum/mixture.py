@@ -36,11 +36,12 @@ import warnings
 
 import numpy as np
 
+from lightning_dv.methods.aum.combine import label_margins
+
 __all__ = [
     "MIXTURE_COMPONENTS",
     "MIXTURE_MAX_FEATURES",
     "error_rate",
-    "label_margins",
     "mixture_margins",
     "mixture_proba",
     "select_opinion",
@@ -60,6 +61,7 @@ def mixture_proba(
     folds: int = 5,
     seed: int = 0,
     max_components: int = MIXTURE_COMPONENTS,
+    progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cross-fitted class probabilities of mixture discriminant analysis: ``(proba, classes)``.
 
@@ -69,6 +71,7 @@ def mixture_proba(
         folds: Folds; each row is scored by the mixtures fitted on the other folds.
         seed: Seed of the folds, the subsample above ``MIXTURE_MAX_ROWS`` and the mixtures' starts.
         max_components: Most components per class (BIC picks among 1..max_components).
+        progress: Print a line when the fitting starts (rows, folds) and when it is done (seconds).
 
     Returns:
         ``(N, K)`` float64 probabilities whose columns follow ``classes`` (the sorted labels).
@@ -95,6 +98,9 @@ def mixture_proba(
         )
     if not np.isfinite(x).all():
         raise ValueError("`features` hold NaN or infinite values; impute or drop them first.")
+    start = time.perf_counter()
+    if progress:
+        print(f"mixture: fitting class mixtures on {len(x):,} rows, {folds} folds ...", flush=True)
     rng = np.random.default_rng(seed)
     stratified = np.bincount(codes).min() >= folds
     splitter = (StratifiedKFold if stratified else KFold)(folds, shuffle=True, random_state=seed)
@@ -105,6 +111,8 @@ def mixture_proba(
         proba[score_rows] = _fold_proba(
             x[fit_rows], codes[fit_rows], x[score_rows], len(classes), seed, max_components
         )
+    if progress:
+        print(f"mixture: done in {time.perf_counter() - start:.1f} s", flush=True)
     return proba, classes
 
 
@@ -148,28 +156,8 @@ def mixture_margins(
         >>> bool(mixture_margins(x, y)[0] < 0)
         True
     """
-    start = time.perf_counter()
-    if progress:
-        print(f"mixture: fitting class mixtures on {len(features):,} rows, {folds} folds ...", flush=True)
-    proba, classes = mixture_proba(features, labels, folds, seed)
-    if progress:
-        print(f"mixture: done in {time.perf_counter() - start:.1f} s", flush=True)
+    proba, classes = mixture_proba(features, labels, folds, seed, progress=progress)
     return label_margins(proba, classes, labels)
-
-
-def label_margins(proba: np.ndarray, classes: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """``p_y - max_{k != y} p_k`` per row from ``(N, K)`` probabilities whose columns follow ``classes``.
-
-    Example:
-        >>> label_margins(np.array([[0.7, 0.3], [0.2, 0.8]]), np.array(["a", "b"]), np.array(["a", "a"])).round(2).tolist()
-        [0.4, -0.6]
-    """
-    p = np.array(proba, dtype=np.float64)
-    rows = np.arange(len(p))
-    own = np.searchsorted(classes, np.asarray(labels))
-    label = p[rows, own].copy()
-    p[rows, own] = -np.inf
-    return label - p.max(1) if p.shape[1] > 1 else label
 
 
 def error_rate(proba: np.ndarray, classes: np.ndarray, labels: np.ndarray) -> float:
@@ -210,16 +198,13 @@ def select_opinion(
                 f"mixture: skipped ({np.shape(features)[1]} features > {MIXTURE_MAX_FEATURES}); the forest is used"
             )
         return None, {"opinion": "forest", "forest_error": forest_error, "mixture_error": float("nan")}
-    start = time.perf_counter()
-    if progress:
-        print(f"mixture: fitting class mixtures on {len(y):,} rows, 5 folds ...", flush=True)
-    proba, _ = mixture_proba(features, y, seed=seed)
+    proba, _ = mixture_proba(features, y, seed=seed, progress=progress)
     mixture_error = error_rate(proba[scored], classes, y[scored])
     chosen = "mixture" if mixture_error < forest_error else "forest"
     if progress:
         print(
-            f"mixture: done in {time.perf_counter() - start:.1f} s; error on the labels: forest "
-            f"{forest_error:.4f}, mixture {mixture_error:.4f} -> the {chosen}'s opinion",
+            f"mixture: error on the labels: forest {forest_error:.4f}, mixture {mixture_error:.4f} "
+            f"-> the {chosen}'s opinion",
             flush=True,
         )
     margins = label_margins(proba, classes, y) if chosen == "mixture" else None
